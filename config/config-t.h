@@ -1,0 +1,130 @@
+/*
+ * config-t.h - the immutable configuration snapshot (types only).
+ *
+ * A snapshot is built whole by tg_config_load() (off the event loop), never
+ * modified afterwards, and shared by reference count: every worker holds one
+ * reference to the current snapshot and every request pins the snapshot it
+ * started with (STYLE §19).  All strings and arrays are owned by the snapshot.
+ */
+#ifndef TG_CONFIG_T_H
+#define TG_CONFIG_T_H
+
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/* Protocol bits of listeners[].protocols. */
+enum tg_proto_bits {
+    TG_PROTO_HTTP11 = 1u << 0, /* "http/1.1" */
+    TG_PROTO_H2 = 1u << 1,     /* "h2" (TLS listeners, chosen by ALPN) */
+    TG_PROTO_H2C = 1u << 2,    /* "h2c" (plaintext, prior knowledge) */
+};
+
+/* routes[].api */
+enum tg_api {
+    TG_API_PASSTHROUGH = 0, /* "passthrough": no body inspection */
+    TG_API_OPENAI = 1,      /* "openai": body inspection and usage accounting */
+};
+
+/* listeners[].tls; all paths are absolute (resolved against the config dir). */
+struct tg_cfg_tls {
+    char *certificate_file;   /* PEM chain, required */
+    char *private_key_file;   /* PEM key, required */
+    char *client_ca_file;     /* PEM CA bundle for client certificates, or NULL */
+    bool require_client_cert; /* refuse the handshake without a verified client cert */
+    char *client_cert_policy; /* policy name for mTLS callers, or NULL */
+    int min_version;          /* OpenSSL constant: TLS1_2_VERSION or TLS1_3_VERSION */
+};
+
+struct tg_cfg_listener {
+    char *name;                          /* unique name, for logs and metrics */
+    char *address;                       /* numeric IPv4/IPv6 address as written */
+    uint16_t port;                       /* 1..65535 */
+    struct sockaddr_storage addr;        /* parsed address+port */
+    socklen_t addrlen;                   /* length of addr */
+    struct tg_cfg_tls *tls;              /* NULL for plaintext */
+    unsigned protocols;                  /* enum tg_proto_bits; default h2c|http/1.1 or h2|http/1.1 */
+};
+
+struct tg_cfg_admin {
+    bool enabled;                 /* false when the "admin" block is absent or null */
+    char *address;                /* default "127.0.0.1" */
+    uint16_t port;                /* default 9901 */
+    struct sockaddr_storage addr; /* parsed address+port */
+    socklen_t addrlen;            /* length of addr */
+    char *token;                  /* bearer token value read from token_env, or NULL */
+};
+
+struct tg_cfg_limits {
+    uint32_t max_connections;        /* default 10000 */
+    uint32_t max_header_bytes;       /* default 65536, min 1024 */
+    uint64_t max_body_bytes;         /* default 4194304 */
+    uint32_t max_concurrent_streams; /* default 100, 1..1000 */
+    uint64_t header_timeout_ms;      /* default 10000 */
+    uint64_t body_timeout_ms;        /* default 30000 */
+    uint64_t idle_timeout_ms;        /* default 120000 */
+    uint64_t shutdown_grace_ms;      /* default 30000 */
+};
+
+/* upstreams[].tls (parsed and validated; see tg_config_load for support). */
+struct tg_cfg_upstream_tls {
+    char *ca_file;          /* PEM CA bundle, or NULL for the system store */
+    char *server_name;      /* SNI and name to verify, or NULL (use the host) */
+    char *certificate_file; /* client certificate for mTLS, or NULL */
+    char *private_key_file; /* its key, or NULL (both or neither) */
+};
+
+/* One "host:port" of upstreams[].servers, resolved at load (off the loop). */
+struct tg_cfg_server {
+    char *text;                   /* "127.0.0.1:8000" as written (for logs, audit) */
+    char *host;                   /* host part without [ ] (resolver, SNI); Host header: text */
+    uint16_t port;                /* port part */
+    struct sockaddr_storage addr; /* first resolved address */
+    socklen_t addrlen;            /* length of addr */
+};
+
+struct tg_cfg_upstream {
+    char *name;                       /* unique name referenced by routes */
+    struct tg_cfg_server *servers;    /* at least one */
+    size_t nservers;                  /* count of servers */
+    struct tg_cfg_upstream_tls *tls;  /* NULL for plaintext */
+    uint64_t connect_timeout_ms;      /* default 2000 */
+    uint64_t first_byte_timeout_ms;   /* default 120000 */
+    uint64_t idle_timeout_ms;         /* pooled idle connection lifetime, default 60000 */
+    uint32_t max_idle_connections;    /* per worker per server, default 64 */
+    char *authorization;              /* secret read from authorization_env, or NULL */
+};
+
+struct tg_cfg_route {
+    char *path_prefix;               /* starts with '/' */
+    size_t prefix_len;               /* strlen(path_prefix) */
+    struct tg_cfg_upstream *upstream;/* resolved reference into the snapshot */
+    enum tg_api api;                 /* default passthrough */
+    char **policies;                 /* allowed policy names, or NULL for any */
+    size_t npolicies;                /* count of policies */
+};
+
+struct tg_config {
+    atomic_uint refcnt;                /* references held; freed at zero */
+    uint64_t version;                  /* set by the server: 1, 2, ... per successful load */
+    unsigned char sha256[32];          /* SHA-256 of config bytes + referenced files */
+    char sha256_hex[65];               /* the same, lowercase hex */
+    char *path;                        /* absolute path of the config file */
+    char *dir;                         /* its directory (base of relative paths) */
+    unsigned workers;                  /* resolved: >= 1 (0 in the file = one per CPU) */
+    struct tg_cfg_listener *listeners; /* at least one */
+    size_t nlisteners;                 /* count */
+    struct tg_cfg_admin admin;         /* admin listener */
+    struct tg_cfg_limits limits;       /* connection and request limits */
+    struct tg_cfg_upstream *upstreams; /* array */
+    size_t nupstreams;                 /* count */
+    struct tg_cfg_route *routes;       /* sorted by prefix_len, longest first */
+    size_t nroutes;                    /* count */
+    char *error_log_file;              /* NULL for stderr */
+    int error_log_level;               /* enum tg_log_level */
+};
+
+#endif

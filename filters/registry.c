@@ -1,0 +1,9 @@
+/* The built-in filters, in request order.  Response phases run in reverse. */
+#include "filters/filters.h"
+#include "proxy/filter.h"
+
+const struct tg_filter_ops *const tg_filter_registry[] = {
+    &tg_filter_route,
+    &tg_filter_forward,
+    NULL,
+};

@@ -1,0 +1,24 @@
+#include <string.h>
+
+#include "config/config.h"
+#include "filters/filters.h"
+#include "proxy/req.h"
+
+static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_req *req)
+{
+    (void)f;
+    const char *q = memchr(req->path.base, '?', req->path.len);
+    size_t len = q ? (size_t)(q - req->path.base) : req->path.len;
+    req->route = tg_config_route_match(req->cfg, req->path.base, len);
+    if (!req->route) {
+        tg_req_reply_error(req, 404, "route_not_found", "no route matches this path",
+                           "route.not_found");
+        return TG_FILTER_REPLIED;
+    }
+    return TG_FILTER_CONTINUE;
+}
+
+const struct tg_filter_ops tg_filter_route = {
+    .name = "route",
+    .on_request_headers = on_request_headers,
+};

@@ -1,0 +1,412 @@
+/*
+ * TLS runs over memory BIOs so that libuv keeps owning the socket: ciphertext
+ * read from the socket is written into rbio, SSL_read yields plaintext for the
+ * session, and whatever SSL_write or the handshake leaves in wbio is flushed
+ * with one uv_write.
+ */
+#include "proxy/conn.h"
+
+#include <openssl/err.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "config/config-t.h"
+#include "proxy/err.h"
+#include "proxy/listener.h"
+#include "proxy/log.h"
+#include "proxy/mem.h"
+#include "proxy/session.h"
+#include "proxy/tls.h"
+#include "proxy/worker.h"
+
+#define READ_BUF 65536
+
+static const char h2_preface[24] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+struct write_req {
+    uv_write_t req;
+    size_t len;
+    char data[];
+};
+
+static void on_handle_closed(uv_handle_t *h)
+{
+    struct tg_conn *c = h->data;
+    if (--c->pending_closes > 0)
+        return;
+    if (c->sess_ops && c->sess_ops->on_free)
+        c->sess_ops->on_free(c);
+    if (c->ssl)
+        SSL_free(c->ssl); /* frees both BIOs */
+    struct tg_worker *w = c->worker;
+    tg_mem_free(c);
+    atomic_fetch_sub(&tg_listener_conns, 1);
+    tg_worker_conn_gone(w);
+}
+
+void tg_conn_close(struct tg_conn *c)
+{
+    if (c->closing)
+        return;
+    c->closing = true;
+    /* Unlink now so a drain never visits a closing conn. */
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->worker->conns = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    c->worker->nconns--;
+    c->pending_closes = 2;
+    uv_close((uv_handle_t *)&c->timer, on_handle_closed);
+    uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
+}
+
+void tg_conn_close_after_write(struct tg_conn *c)
+{
+    if (c->write_pending == 0)
+        tg_conn_close(c);
+    else
+        c->close_after_write = true;
+}
+
+static void on_write(uv_write_t *wr, int status)
+{
+    struct write_req *r = (struct write_req *)wr;
+    struct tg_conn *c = wr->data;
+    c->write_pending -= r->len;
+    tg_mem_free(r);
+    if (c->closing)
+        return;
+    if (status < 0) {
+        /* The peer is gone; the session learns it through on_eof. */
+        if (c->sess_ops && c->sess_ops->on_eof)
+            c->sess_ops->on_eof(c, status);
+        tg_conn_close(c);
+        return;
+    }
+    if (c->close_after_write && c->write_pending == 0) {
+        tg_conn_close(c);
+        return;
+    }
+    if (c->sess_ops && c->sess_ops->on_written)
+        c->sess_ops->on_written(c);
+}
+
+static int write_raw(struct tg_conn *c, const struct tg_iov *iov, unsigned n)
+{
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += iov[i].len;
+    if (total == 0)
+        return 0;
+    struct write_req *r = tg_mem_malloc(sizeof(*r) + total);
+    if (!r)
+        return TG_E_NOMEM;
+    size_t off = 0;
+    for (unsigned i = 0; i < n; i++) {
+        if (iov[i].len)
+            memcpy(r->data + off, iov[i].base, iov[i].len);
+        off += iov[i].len;
+    }
+    r->len = total;
+    r->req.data = c;
+    uv_buf_t b = uv_buf_init(r->data, (unsigned)total);
+    int rv = uv_write(&r->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    if (rv < 0) {
+        tg_mem_free(r);
+        return rv;
+    }
+    c->write_pending += total;
+    return 0;
+}
+
+/* Move whatever OpenSSL produced in wbio to the socket. */
+static int flush_tls(struct tg_conn *c)
+{
+    size_t pending = BIO_ctrl_pending(c->wbio);
+    if (pending == 0)
+        return 0;
+    struct write_req *r = tg_mem_malloc(sizeof(*r) + pending);
+    if (!r)
+        return TG_E_NOMEM;
+    int got = BIO_read(c->wbio, r->data, (int)pending);
+    if (got <= 0) {
+        tg_mem_free(r);
+        return TG_E_TLS;
+    }
+    r->len = (size_t)got;
+    r->req.data = c;
+    uv_buf_t b = uv_buf_init(r->data, (unsigned)got);
+    int rv = uv_write(&r->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
+    if (rv < 0) {
+        tg_mem_free(r);
+        return rv;
+    }
+    c->write_pending += (size_t)got;
+    return 0;
+}
+
+int tg_conn_write(struct tg_conn *c, const struct tg_iov *iov, unsigned n)
+{
+    if (c->closing)
+        return TG_E_CLOSED;
+    if (!c->ssl)
+        return write_raw(c, iov, n);
+    for (unsigned i = 0; i < n; i++) {
+        if (iov[i].len == 0)
+            continue;
+        int w = SSL_write(c->ssl, iov[i].base, (int)iov[i].len);
+        if (w <= 0) {
+            ERR_clear_error();
+            return TG_E_TLS;
+        }
+    }
+    return flush_tls(c);
+}
+
+static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
+{
+    (void)hint;
+    (void)h;
+    /* One buffer per worker would do; a static per thread is simplest. */
+    static _Thread_local char rbuf[READ_BUF];
+    *buf = uv_buf_init(rbuf, sizeof(rbuf));
+}
+
+static void deliver(struct tg_conn *c, const char *p, size_t n);
+
+/* Plaintext listener: look at the first bytes for the HTTP/2 preface. */
+static void sniff(struct tg_conn *c, const char *p, size_t n)
+{
+    unsigned protos = c->listener->protocols;
+    size_t take = sizeof(c->sniff) - c->sniff_len;
+    if (take > n)
+        take = n;
+    memcpy(c->sniff + c->sniff_len, p, take);
+    c->sniff_len += take;
+    bool match = memcmp(c->sniff, h2_preface, c->sniff_len) == 0;
+    if (match && c->sniff_len < sizeof(c->sniff))
+        return; /* could still be the preface */
+    int rv;
+    if (match && (protos & TG_PROTO_H2C))
+        rv = tg_h2_attach(c, 1);
+    else if (protos & TG_PROTO_HTTP11)
+        rv = tg_h1_attach(c);
+    else
+        rv = TG_E_PROTO; /* h2c-only listener and no preface */
+    if (rv < 0) {
+        tg_conn_close(c);
+        return;
+    }
+    char tmp[sizeof(c->sniff)];
+    size_t sl = c->sniff_len;
+    memcpy(tmp, c->sniff, sl);
+    c->sess_ops->on_read(c, tmp, sl);
+    if (!c->closing && n > take)
+        c->sess_ops->on_read(c, p + take, n - take);
+}
+
+static void tls_fail(struct tg_conn *c, const char *what)
+{
+    unsigned long e = ERR_peek_error();
+    char buf[160] = "";
+    if (e)
+        ERR_error_string_n(e, buf, sizeof(buf));
+    tg_log_debug("tls", "%s from %s:%u: %s", what, c->peer_ip, c->peer_port, buf);
+    ERR_clear_error();
+    flush_tls(c); /* send the alert, if any */
+    tg_conn_close_after_write(c);
+}
+
+static void tls_read(struct tg_conn *c, const char *p, size_t n)
+{
+    if (BIO_write(c->rbio, p, (int)n) != (int)n) {
+        tls_fail(c, "BIO_write");
+        return;
+    }
+    if (!c->handshake_done) {
+        int r = SSL_do_handshake(c->ssl);
+        if (r != 1) {
+            int e = SSL_get_error(c->ssl, r);
+            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+                flush_tls(c);
+                return;
+            }
+            tls_fail(c, "handshake failed");
+            return;
+        }
+        c->handshake_done = true;
+        c->tls_version = SSL_get_version(c->ssl);
+        int rv;
+        if (tg_tls_is_h2(c->ssl))
+            rv = tg_h2_attach(c, 0);
+        else if (c->listener->protocols & TG_PROTO_HTTP11)
+            rv = tg_h1_attach(c);
+        else
+            rv = TG_E_PROTO;
+        if (rv < 0) {
+            tg_conn_close(c);
+            return;
+        }
+        flush_tls(c);
+    }
+    char buf[16384];
+    while (!c->closing) {
+        int r = SSL_read(c->ssl, buf, sizeof(buf));
+        if (r > 0) {
+            c->sess_ops->on_read(c, buf, (size_t)r);
+            continue;
+        }
+        int e = SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+            break;
+        if (e == SSL_ERROR_ZERO_RETURN) {
+            c->sess_ops->on_eof(c, UV_EOF);
+            if (!c->closing)
+                tg_conn_close(c);
+            return;
+        }
+        tls_fail(c, "read failed");
+        if (c->sess_ops->on_eof)
+            c->sess_ops->on_eof(c, TG_E_TLS);
+        return;
+    }
+    if (!c->closing)
+        flush_tls(c);
+}
+
+static void deliver(struct tg_conn *c, const char *p, size_t n)
+{
+    if (c->ssl)
+        tls_read(c, p, n);
+    else if (!c->sess_ops)
+        sniff(c, p, n);
+    else
+        c->sess_ops->on_read(c, p, n);
+}
+
+static void on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
+{
+    struct tg_conn *c = s->data;
+    if (c->closing)
+        return;
+    if (nread < 0) {
+        if (c->sess_ops && c->sess_ops->on_eof)
+            c->sess_ops->on_eof(c, (int)nread);
+        if (!c->closing)
+            tg_conn_close(c);
+        return;
+    }
+    if (nread == 0)
+        return;
+    deliver(c, buf->base, (size_t)nread);
+}
+
+void tg_conn_read_stop(struct tg_conn *c)
+{
+    c->want_read = false;
+    if (c->reading && !c->closing) {
+        uv_read_stop((uv_stream_t *)&c->tcp);
+        c->reading = false;
+    }
+}
+
+void tg_conn_read_start(struct tg_conn *c)
+{
+    c->want_read = true;
+    if (!c->reading && !c->closing) {
+        if (uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read) == 0)
+            c->reading = true;
+    }
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct tg_conn *c = tg_container_of(t, struct tg_conn, timer);
+    if (c->closing)
+        return;
+    if (c->sess_ops && c->sess_ops->on_timer)
+        c->sess_ops->on_timer(c);
+    else
+        tg_conn_close(c); /* no protocol yet: the header timeout */
+}
+
+void tg_conn_timer(struct tg_conn *c, uint64_t ms)
+{
+    if (!c->closing)
+        uv_timer_start(&c->timer, on_timer, ms, 0);
+}
+
+void tg_conn_timer_stop(struct tg_conn *c)
+{
+    if (!c->closing)
+        uv_timer_stop(&c->timer);
+}
+
+void tg_conn_drain(struct tg_conn *c)
+{
+    if (c->closing)
+        return;
+    if (c->sess_ops && c->sess_ops->on_drain)
+        c->sess_ops->on_drain(c);
+    else
+        tg_conn_close(c);
+}
+
+int tg_conn_accept(struct tg_worker *w, struct tg_listener *l, uv_stream_t *server)
+{
+    struct tg_conn *c = tg_mem_calloc(1, sizeof(*c));
+    if (!c)
+        return TG_E_NOMEM;
+    c->worker = w;
+    c->listener = l;
+    atomic_fetch_add(&tg_listener_conns, 1);
+    uv_tcp_init(&w->loop, &c->tcp);
+    uv_timer_init(&w->loop, &c->timer);
+    c->tcp.data = c;
+    c->timer.data = c;
+    /* Link first so tg_conn_close can unlink on every path. */
+    c->next = w->conns;
+    if (w->conns)
+        w->conns->prev = c;
+    w->conns = c;
+    w->nconns++;
+    int rv = uv_accept(server, (uv_stream_t *)&c->tcp);
+    if (rv < 0) {
+        tg_conn_close(c);
+        return rv;
+    }
+    uv_tcp_nodelay(&c->tcp, 1);
+    struct sockaddr_storage ss;
+    int sl = sizeof(ss);
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_INET) {
+            struct sockaddr_in *a = (struct sockaddr_in *)&ss;
+            uv_ip4_name(a, c->peer_ip, sizeof(c->peer_ip));
+            c->peer_port = ntohs(a->sin_port);
+        } else if (ss.ss_family == AF_INET6) {
+            struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
+            uv_ip6_name(a, c->peer_ip, sizeof(c->peer_ip));
+            c->peer_port = ntohs(a->sin6_port);
+        }
+    }
+    if (l->ssl_ctx) {
+        c->ssl = SSL_new(l->ssl_ctx);
+        c->rbio = BIO_new(BIO_s_mem());
+        c->wbio = BIO_new(BIO_s_mem());
+        if (!c->ssl || !c->rbio || !c->wbio) {
+            BIO_free(c->rbio);
+            BIO_free(c->wbio);
+            c->rbio = c->wbio = NULL;
+            tg_conn_close(c);
+            return TG_E_NOMEM;
+        }
+        SSL_set_bio(c->ssl, c->rbio, c->wbio);
+        SSL_set_accept_state(c->ssl);
+    }
+    /* Until a session takes over, the timer is the header timeout. */
+    tg_conn_timer(c, w->cfg->limits.header_timeout_ms);
+    tg_conn_read_start(c);
+    return 0;
+}

@@ -1,0 +1,116 @@
+#include "proxy/listener.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "config/config-t.h"
+#include "proxy/conn.h"
+#include "proxy/err.h"
+#include "proxy/log.h"
+#include "proxy/mem.h"
+#include "proxy/tls.h"
+#include "proxy/worker.h"
+#include "config/config.h"
+
+atomic_uint tg_listener_conns;
+
+static void on_connection(uv_stream_t *server, int status)
+{
+    struct tg_listener *l = server->data;
+    struct tg_worker *w = l->worker;
+    if (status < 0 || l->closing)
+        return;
+    if (w->draining) {
+        /* Accept and close: the kernel backlog must not hold clients forever. */
+        uv_tcp_t *t = tg_mem_malloc(sizeof(*t));
+        if (!t)
+            return;
+        uv_tcp_init(&w->loop, t);
+        if (uv_accept(server, (uv_stream_t *)t) == 0) { /* fall through to close */ }
+        uv_close((uv_handle_t *)t, (uv_close_cb)tg_mem_free);
+        return;
+    }
+    if (atomic_load(&tg_listener_conns) >= w->cfg->limits.max_connections) {
+        uv_tcp_t *t = tg_mem_malloc(sizeof(*t));
+        if (!t)
+            return;
+        uv_tcp_init(&w->loop, t);
+        uv_accept(server, (uv_stream_t *)t);
+        uv_close((uv_handle_t *)t, (uv_close_cb)tg_mem_free);
+        tg_log_warn("listener", "%s: max_connections reached; connection closed", l->name);
+        return;
+    }
+    int rv = tg_conn_accept(w, l, server);
+    if (rv < 0)
+        tg_log_warn("listener", "%s: accept failed: %s", l->name, tg_strerror(rv));
+}
+
+static void on_closed(uv_handle_t *h)
+{
+    struct tg_listener *l = h->data;
+    SSL_CTX_free(l->ssl_ctx);
+    tg_mem_free(l->name);
+    tg_mem_free(l);
+}
+
+int tg_listener_open(struct tg_worker *w, const struct tg_cfg_listener *cfg,
+                     struct tg_listener **out, char *err, size_t errlen)
+{
+    struct tg_listener *l = tg_mem_calloc(1, sizeof(*l));
+    if (!l)
+        return TG_E_NOMEM;
+    l->worker = w;
+    l->protocols = cfg->protocols;
+    l->name = tg_mem_strdup(cfg->name);
+    if (!l->name) {
+        tg_mem_free(l);
+        return TG_E_NOMEM;
+    }
+    if (cfg->tls) {
+        l->ssl_ctx = tg_tls_ctx_new(cfg->tls, cfg->protocols, err, errlen);
+        if (!l->ssl_ctx) {
+            tg_mem_free(l->name);
+            tg_mem_free(l);
+            return TG_E_TLS;
+        }
+    }
+    int rv = uv_tcp_init_ex(&w->loop, &l->tcp, cfg->addr.ss_family);
+    if (rv == 0) {
+        uv_os_fd_t fd;
+        int one = 1;
+        uv_fileno((uv_handle_t *)&l->tcp, &fd);
+        if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+            rv = -errno;
+        if (rv == 0)
+            rv = uv_tcp_bind(&l->tcp, (const struct sockaddr *)&cfg->addr, 0);
+        if (rv == 0)
+            rv = uv_listen((uv_stream_t *)&l->tcp, 1024, on_connection);
+        l->tcp.data = l;
+        if (rv < 0) {
+            snprintf(err, errlen, "listener %s: cannot listen on %s:%u: %s", cfg->name,
+                     cfg->address, cfg->port, uv_strerror(rv));
+            l->closing = true;
+            uv_close((uv_handle_t *)&l->tcp, on_closed); /* frees l on the next loop turn */
+            *out = NULL;
+            return rv;
+        }
+    } else {
+        snprintf(err, errlen, "listener %s: socket: %s", cfg->name, uv_strerror(rv));
+        SSL_CTX_free(l->ssl_ctx);
+        tg_mem_free(l->name);
+        tg_mem_free(l);
+        return rv;
+    }
+    *out = l;
+    return 0;
+}
+
+void tg_listener_close(struct tg_listener *l)
+{
+    if (l->closing)
+        return;
+    l->closing = true;
+    uv_close((uv_handle_t *)&l->tcp, on_closed);
+}

@@ -1,0 +1,55 @@
+/*
+ * main.c - command-line dispatch (SPEC §2).
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "proxy/server.h"
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: tollgate [-c FILE]            run (default FILE: ./tollgate.json)\n"
+               "       tollgate --check -c FILE     validate FILE and what it references\n"
+               "       tollgate --version\n");
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = "tollgate.json";
+    bool check = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (strcmp(a, "--version") == 0 || strcmp(a, "-v") == 0) {
+            printf("tollgate %s\n", TG_VERSION);
+            return 0;
+        } else if (strcmp(a, "--help") == 0 || strcmp(a, "-h") == 0) {
+            usage(stdout);
+            return 0;
+        } else if (strcmp(a, "--check") == 0) {
+            check = true;
+        } else if ((strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) && i + 1 < argc) {
+            path = argv[++i];
+        } else if (strcmp(a, "key") == 0 || strcmp(a, "audit") == 0) {
+            fprintf(stderr, "tollgate: the \"%s\" command is not available in this version yet\n",
+                    a);
+            return 2;
+        } else {
+            fprintf(stderr, "tollgate: unknown argument \"%s\"\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (check) {
+        char err[TG_CONFIG_ERR_MAX];
+        struct tg_config *c = tg_config_load(path, err);
+        if (!c) {
+            fprintf(stderr, "tollgate: %s\n", err);
+            return 1;
+        }
+        printf("%s: configuration OK (sha256 %s)\n", c->path, c->sha256_hex);
+        tg_config_unref(c);
+        return 0;
+    }
+    return tg_server_run(path);
+}

@@ -1,0 +1,184 @@
+/*
+ * The main thread owns no client connection: it loads configuration, starts
+ * the worker threads and handles signals.  A reload is loaded and validated
+ * here, off every worker loop, and published to each worker through its
+ * uv_async; each worker swaps its snapshot reference, and requests in flight
+ * keep the snapshot they pinned.
+ */
+#include "proxy/server.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <uv.h>
+
+#include "config/config.h"
+#include "proxy/err.h"
+#include "proxy/log.h"
+#include "proxy/mem.h"
+#include "proxy/worker.h"
+
+struct tg_server {
+    uv_loop_t loop;                 /* main loop: signals only */
+    uv_signal_t sig_term, sig_int, sig_hup, sig_usr1; /* signal watchers */
+    char *path;                     /* config file */
+    struct tg_config *cfg;          /* current snapshot */
+    uint64_t version;               /* last version number handed out */
+    struct tg_worker *workers;      /* array */
+    unsigned nworkers;              /* count */
+    uv_mutex_t mu;                  /* guards pending[] */
+    struct tg_config **pending;     /* per worker: next snapshot, or NULL */
+    bool stopping;                  /* a stop signal arrived */
+};
+
+struct tg_config *tg_server_take_config(struct tg_server *s, unsigned i)
+{
+    uv_mutex_lock(&s->mu);
+    struct tg_config *c = s->pending[i];
+    s->pending[i] = NULL;
+    uv_mutex_unlock(&s->mu);
+    return c;
+}
+
+static bool same_listeners(const struct tg_config *a, const struct tg_config *b)
+{
+    if (a->nlisteners != b->nlisteners)
+        return false;
+    for (size_t i = 0; i < a->nlisteners; i++) {
+        const struct tg_cfg_listener *x = &a->listeners[i], *y = &b->listeners[i];
+        if (strcmp(x->address, y->address) != 0 || x->port != y->port ||
+            (x->tls == NULL) != (y->tls == NULL) || x->protocols != y->protocols)
+            return false;
+    }
+    return true;
+}
+
+static void reload(struct tg_server *s)
+{
+    char err[TG_CONFIG_ERR_MAX];
+    struct tg_config *next = tg_config_load(s->path, err);
+    if (!next) {
+        tg_log_error("server", "reload rejected: %s", err);
+        return;
+    }
+    if (!same_listeners(s->cfg, next))
+        tg_log_warn("server", "reload: listener changes take effect only after a restart");
+    next->version = ++s->version;
+    uv_mutex_lock(&s->mu);
+    for (unsigned i = 0; i < s->nworkers; i++) {
+        tg_config_unref(s->pending[i]);
+        s->pending[i] = tg_config_ref(next);
+    }
+    uv_mutex_unlock(&s->mu);
+    for (unsigned i = 0; i < s->nworkers; i++)
+        uv_async_send(&s->workers[i].wakeup);
+    tg_config_unref(s->cfg);
+    s->cfg = next;
+    tg_log_set_level((enum tg_log_level)next->error_log_level);
+    tg_log_info("server", "configuration reloaded: version %llu sha256 %s",
+                (unsigned long long)next->version, next->sha256_hex);
+}
+
+static void on_signal(uv_signal_t *h, int signum)
+{
+    struct tg_server *s = h->data;
+    switch (signum) {
+    case SIGHUP:
+        reload(s);
+        break;
+    case SIGUSR1:
+        tg_log_reopen();
+        break;
+    case SIGTERM:
+    case SIGINT:
+        if (s->stopping)
+            break;
+        s->stopping = true;
+        tg_log_info("server", "stopping: draining in-flight requests (grace %llu ms)",
+                    (unsigned long long)s->cfg->limits.shutdown_grace_ms);
+        for (unsigned i = 0; i < s->nworkers; i++)
+            tg_worker_stop(&s->workers[i]);
+        uv_stop(&s->loop);
+        break;
+    default:
+        break;
+    }
+}
+
+int tg_server_run(const char *path)
+{
+    struct tg_server srv, *s = &srv;
+    memset(s, 0, sizeof(*s));
+    char err[TG_CONFIG_ERR_MAX];
+    int code = 1;
+    s->cfg = tg_config_load(path, err);
+    if (!s->cfg) {
+        fprintf(stderr, "tollgate: %s\n", err);
+        return 1;
+    }
+    s->cfg->version = s->version = 1;
+    s->path = tg_mem_strdup(s->cfg->path);
+    signal(SIGPIPE, SIG_IGN);
+    if (tg_log_start(s->cfg->error_log_file, (enum tg_log_level)s->cfg->error_log_level) < 0) {
+        fprintf(stderr, "tollgate: cannot open error log %s\n", s->cfg->error_log_file);
+        goto out_cfg;
+    }
+    uv_loop_init(&s->loop);
+    uv_mutex_init(&s->mu);
+    s->nworkers = s->cfg->workers;
+    s->workers = tg_mem_calloc(s->nworkers, sizeof(*s->workers));
+    s->pending = tg_mem_calloc(s->nworkers, sizeof(*s->pending));
+    if (!s->workers || !s->pending || !s->path)
+        goto out_loop;
+    unsigned started = 0, inited = 0;
+    for (; inited < s->nworkers; inited++)
+        if (tg_worker_init(&s->workers[inited], s, inited, s->cfg) < 0) {
+            inited++;
+            goto out_workers;
+        }
+    for (; started < s->nworkers; started++)
+        if (tg_worker_start(&s->workers[started]) < 0)
+            goto out_workers;
+
+    uv_signal_t *sigs[] = {&s->sig_term, &s->sig_int, &s->sig_hup, &s->sig_usr1};
+    int nums[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
+    for (int i = 0; i < 4; i++) {
+        uv_signal_init(&s->loop, sigs[i]);
+        sigs[i]->data = s;
+        uv_signal_start(sigs[i], on_signal, nums[i]);
+    }
+    for (size_t i = 0; i < s->cfg->nlisteners; i++)
+        tg_log_info("server", "listening on %s:%u (%s%s) as \"%s\"", s->cfg->listeners[i].address,
+                    s->cfg->listeners[i].port, s->cfg->listeners[i].tls ? "tls" : "plaintext",
+                    "", s->cfg->listeners[i].name);
+    tg_log_info("server", "tollgate %s started: %u worker(s), config version 1 sha256 %s",
+                TG_VERSION, s->nworkers, s->cfg->sha256_hex);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
+    for (int i = 0; i < 4; i++)
+        uv_close((uv_handle_t *)sigs[i], NULL);
+    uv_run(&s->loop, UV_RUN_NOWAIT);
+    code = 0;
+
+out_workers:
+    if (code != 0)
+        for (unsigned i = 0; i < started; i++)
+            tg_worker_stop(&s->workers[i]);
+    for (unsigned i = 0; i < started; i++)
+        tg_worker_join(&s->workers[i]);
+    for (unsigned i = 0; i < inited; i++)
+        tg_worker_dispose(&s->workers[i]);
+    if (code == 0)
+        tg_log_info("server", "stopped");
+out_loop:
+    for (unsigned i = 0; s->pending && i < s->nworkers; i++)
+        tg_config_unref(s->pending[i]);
+    tg_mem_free(s->pending);
+    tg_mem_free(s->workers);
+    uv_mutex_destroy(&s->mu);
+    uv_loop_close(&s->loop);
+    tg_log_stop();
+out_cfg:
+    tg_config_unref(s->cfg);
+    tg_mem_free(s->path);
+    return code;
+}
