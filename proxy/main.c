@@ -1,8 +1,11 @@
 /*
  * main.c - command-line dispatch (SPEC §2).
  */
+#include <jansson.h>
 #include <stdio.h>
 #include <string.h>
+
+#include "proxy/mem.h"
 
 #include "config/config.h"
 #include "proxy/server.h"
@@ -17,6 +20,8 @@ static void usage(FILE *f)
 int main(int argc, char **argv)
 {
     const char *path = "tollgate.json";
+    /* jansson allocates through the same hooks as the rest of tollgate. */
+    json_set_alloc_funcs(tg_mem_malloc, tg_mem_free);
     bool check = false;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];

@@ -149,31 +149,34 @@ static void pump_body(struct tg_req *req)
         enum tg_filter_status st = tg_filter_run_data(req, chunk, last);
         if (st == TG_FILTER_REPLIED || req->replied)
             return;
+        /* Once a filter buffers, every chunk goes into req->body_buffered. */
+        bool buffered = req->buffer_filter >= 0;
         if (c) {
-            /* Move the chunk node itself: no copy. */
             req->body_in.head = c->next;
             if (!req->body_in.head)
                 req->body_in.tail = NULL;
-            req->body_in.bytes -= c->len - c->off;
+            size_t n = c->len - c->off;
+            req->body_in.bytes -= n;
             c->next = NULL;
-            if (st == TG_FILTER_BUFFER) {
+            if (buffered) {
                 /* Its bytes now live in body_buffered: release the client's credit. */
-                size_t n = c->len - c->off;
                 tg_mem_free(c);
                 if (req->sess_ops->body_consumed)
                     req->sess_ops->body_consumed(req, n);
             } else {
+                /* Move the chunk node itself: no copy. */
                 if (req->body_out.tail)
                     req->body_out.tail->next = c;
                 else
                     req->body_out.head = c;
                 req->body_out.tail = c;
-                req->body_out.bytes += c->len - c->off;
+                req->body_out.bytes += n;
             }
         }
-        if (st == TG_FILTER_BUFFER && last && req->body_buffered.len) {
-            /* The buffering filter let the whole body through. */
-            tg_bufq_push(&req->body_out, req->body_buffered.base, req->body_buffered.len);
+        if (buffered && last && st == TG_FILTER_CONTINUE && req->body_buffered.len &&
+            tg_bufq_push(&req->body_out, req->body_buffered.base, req->body_buffered.len) != 0) {
+            tg_req_reply_error(req, 503, "unavailable", "out of memory", "server.nomem");
+            return;
         }
         if (last)
             req->body_out_end = true;
