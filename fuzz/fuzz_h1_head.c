@@ -19,12 +19,12 @@
 
 #define MAX_HEAD 2048
 
-#define CHECK(cond)                                                                       \
-    do {                                                                                  \
-        if (!(cond)) {                                                                    \
-            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);      \
-            abort();                                                                      \
-        }                                                                                 \
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond);               \
+            abort();                                                                               \
+        }                                                                                          \
     } while (0)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -135,9 +135,7 @@ static void differential(const char *buf, size_t head_len, const struct tg_h1_he
         CHECK(!(p.flags & F_CHUNKED) && (p.flags & F_CONTENT_LENGTH));
         CHECK(p.content_length == h->content_length);
         break;
-    case TG_H1_BODY_CHUNKED:
-        CHECK((p.flags & F_CHUNKED) && !(p.flags & F_CONTENT_LENGTH));
-        break;
+    case TG_H1_BODY_CHUNKED: CHECK((p.flags & F_CHUNKED) && !(p.flags & F_CONTENT_LENGTH)); break;
     }
     llhttp_resume(&p);
     llhttp_errno_t err = llhttp_execute(&p, buf + head_len, 0);

@@ -153,11 +153,25 @@ int tg_conn_write(struct tg_conn *c, const struct tg_iov *iov, unsigned n)
         return TG_E_CLOSED;
     if (!c->ssl)
         return write_raw(c, iov, n);
-    for (unsigned i = 0; i < n; i++) {
-        if (iov[i].len == 0)
+    /* One TLS record per call where possible: small pieces are joined first. */
+    char join[16384];
+    size_t used = 0;
+    for (unsigned i = 0; i <= n; i++) {
+        bool last = i == n;
+        size_t len = last ? 0 : iov[i].len;
+        if (used && (last || used + len > sizeof(join))) {
+            if (SSL_write(c->ssl, join, (int)used) <= 0) {
+                ERR_clear_error();
+                return TG_E_TLS;
+            }
+            used = 0;
+        }
+        if (last || len == 0)
             continue;
-        int w = SSL_write(c->ssl, iov[i].base, (int)iov[i].len);
-        if (w <= 0) {
+        if (len <= sizeof(join)) {
+            memcpy(join + used, iov[i].base, len);
+            used += len;
+        } else if (SSL_write(c->ssl, iov[i].base, (int)len) <= 0) {
             ERR_clear_error();
             return TG_E_TLS;
         }

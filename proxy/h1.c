@@ -362,20 +362,12 @@ static int fill_req(struct h1_sess *s, struct tg_req *req, const struct tg_h1_he
     return 0;
 }
 
-static void start_request(struct h1_sess *s, size_t head_len)
+static void start_request(struct h1_sess *s, const struct tg_h1_head *h, size_t head_len)
 {
-    struct tg_h1_head *h = tg_mem_malloc(sizeof(*h));
-    if (!h) {
-        raw_error(s, 503, "unavailable", "out of memory");
-        return;
-    }
-    ssize_t r = tg_h1_parse_head(s->in.base, s->in.len, s->cfg->limits.max_header_bytes, h);
-    (void)r; /* already known to be complete */
     s->http10 = h->minor == 0;
     s->keep_alive = h->keep_alive && !s->draining;
     struct tg_req *req = tg_req_new(s->conn->worker, s->conn->worker->cfg, &req_ops, s);
     if (!req || fill_req(s, req, h) != 0) {
-        tg_mem_free(h);
         tg_req_free(req);
         raw_error(s, 503, "unavailable", "out of memory");
         return;
@@ -383,7 +375,6 @@ static void start_request(struct h1_sess *s, size_t head_len)
     if (h->body == TG_H1_BODY_LENGTH &&
         h->content_length > req->cfg->limits.max_body_bytes) {
         /* Refuse before reading it; the connection cannot be reused. */
-        tg_mem_free(h);
         s->req = req;
         s->keep_alive = false;
         s->state = H1_BODY;
@@ -398,7 +389,6 @@ static void start_request(struct h1_sess *s, size_t head_len)
     s->body_chunked = h->body == TG_H1_BODY_CHUNKED;
     s->body_left = h->body == TG_H1_BODY_LENGTH ? h->content_length : 0;
     tg_chunked_init(&s->chunked);
-    tg_mem_free(h);
     tg_buf_consume(&s->in, head_len);
     s->req = req;
     s->state = req->has_body ? H1_BODY : H1_DONE_READING;
@@ -423,26 +413,23 @@ static void process(struct h1_sess *s)
         if (s->state == H1_HEAD) {
             if (!s->in.len)
                 return;
-            struct tg_h1_head *h = tg_mem_malloc(sizeof(*h));
-            if (!h) {
-                raw_error(s, 503, "unavailable", "out of memory");
-                return;
-            }
+            /* The parsed head points into s->in; it is used before s->in changes. */
+            static _Thread_local struct tg_h1_head head;
+            struct tg_h1_head *h = &head;
             ssize_t r =
                 tg_h1_parse_head(s->in.base, s->in.len, s->cfg->limits.max_header_bytes, h);
-            int st = h->error_status;
-            const char *why = h->error;
-            tg_mem_free(h);
             if (r == 0)
                 return;
             if (r < 0) {
+                int st = h->error_status;
+                const char *why = h->error;
                 tg_log_debug("h1", "rejected request head from %s: %s", s->conn->peer_ip,
                              why ? why : "malformed");
                 raw_error(s, st ? st : 400, st == 431 ? "request_too_large" : "invalid_request",
                           why ? why : "malformed request");
                 return;
             }
-            start_request(s, (size_t)r);
+            start_request(s, h, (size_t)r);
             continue;
         }
         if (s->state == H1_BODY) {
@@ -489,6 +476,11 @@ static void on_read(struct tg_conn *c, const char *p, size_t n)
     }
     if (s->state == H1_DONE_READING && s->in.len > s->cfg->limits.max_header_bytes)
         tg_conn_read_stop(c); /* enough pipelined bytes held; resume after the response */
+    /* The head parser keeps no state: re-run it only when a line may have
+     * ended, so a client dribbling one byte per packet costs at most one scan
+     * per header line, not one per byte. */
+    if (s->state == H1_HEAD && !memchr(p, '\n', n) && s->in.len < s->cfg->limits.max_header_bytes)
+        return;
     process(s);
 }
 

@@ -82,8 +82,7 @@ static ssize_t request_line(const char *p, size_t n, struct tg_h1_head *out)
     v = sp2 + 1;
     vn = n - (size_t)(v - p);
     /* HTTP-version = "HTTP" "/" DIGIT "." DIGIT, case-sensitive (RFC 9112 §2.3). */
-    if (vn != 8 || memcmp(v, "HTTP/", 5) != 0 || !is_digit(v[5]) || v[6] != '.' ||
-        !is_digit(v[7]))
+    if (vn != 8 || memcmp(v, "HTTP/", 5) != 0 || !is_digit(v[5]) || v[6] != '.' || !is_digit(v[7]))
         return fail(out, 400, "malformed HTTP version");
     if (v[5] != '1' || (v[7] != '0' && v[7] != '1'))
         return fail(out, 505, "HTTP version not supported");
@@ -122,8 +121,7 @@ static ssize_t field_line(const char *p, size_t n, struct scan *st, struct tg_h1
 
     /* n > 0 here: the empty line ends the head before we are called. */
     if (is_ows(p[0]))
-        return fail(out, 400,
-                    out->nheaders == 0 ? "whitespace before first header" : "obs-fold");
+        return fail(out, 400, out->nheaders == 0 ? "whitespace before first header" : "obs-fold");
     if (out->nheaders == TG_H1_MAX_HEADERS)
         return fail(out, 431, "too many header fields");
     colon = memchr(p, ':', n);
@@ -345,8 +343,8 @@ ssize_t tg_h1_parse_head(const char *buf, size_t len, size_t max_header_bytes,
 
 /* ---- chunked transfer coding (RFC 9112 §7.1) ---- */
 
-#define CHUNK_SIZE_DIGITS 10  /* 16^10 = 2^40: sizes stay below that */
-#define CHUNK_EXT_MAX 256     /* bytes of chunk-ext per chunk line (CVE-2024-22019) */
+#define CHUNK_SIZE_DIGITS 10   /* 16^10 = 2^40: sizes stay below that */
+#define CHUNK_EXT_MAX 256      /* bytes of chunk-ext per chunk line (CVE-2024-22019) */
 #define CHUNK_TRAILER_MAX 8192 /* bytes of the whole trailer section, CRLFs included */
 
 enum chunked_state {
@@ -383,8 +381,8 @@ void tg_chunked_init(struct tg_chunked *d)
     d->state = CH_SIZE;
 }
 
-ssize_t tg_chunked_decode(struct tg_chunked *d, const char *in, size_t len,
-                          tg_chunked_data_fn *cb, void *ud)
+ssize_t tg_chunked_decode(struct tg_chunked *d, const char *in, size_t len, tg_chunked_data_fn *cb,
+                          void *ud)
 {
     size_t i = 0;
 
@@ -501,15 +499,12 @@ ssize_t tg_chunked_decode(struct tg_chunked *d, const char *in, size_t len,
             case CH_DATA_CR:
             case CH_DATA_LF:
             case CH_DONE:
-            case CH_ERROR:
-                goto bad;
+            case CH_ERROR: goto bad;
             }
             i++;
             break;
-        case CH_DONE:
-            return (ssize_t)i;
-        case CH_ERROR:
-            return -1;
+        case CH_DONE: return (ssize_t)i;
+        case CH_ERROR: return -1;
         }
     }
     return (ssize_t)i;

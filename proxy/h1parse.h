@@ -32,18 +32,18 @@ enum tg_h1_body {
 
 /* A parsed request head; every range points into the caller's buffer. */
 struct tg_h1_head {
-    struct tg_iov method;                         /* e.g. "POST" */
-    struct tg_iov target;                         /* origin-form target incl. query */
-    int minor;                                    /* HTTP/1.<minor>: 0 or 1 */
-    struct tg_header headers[TG_H1_MAX_HEADERS];  /* fields in order, names as sent */
-    size_t nheaders;                              /* count of fields */
-    struct tg_iov host;                           /* Host value (empty for 1.0 without Host) */
-    enum tg_h1_body body;                         /* framing of the body */
-    uint64_t content_length;                      /* valid when body == TG_H1_BODY_LENGTH */
-    bool keep_alive;                              /* 1.1 without "close", or 1.0 with keep-alive */
-    bool expect_continue;                         /* "Expect: 100-continue" was sent */
-    int error_status;                             /* on failure: 400, 431, 501 or 505 */
-    const char *error;                            /* on failure: short static reason */
+    struct tg_iov method;                        /* e.g. "POST" */
+    struct tg_iov target;                        /* origin-form target incl. query */
+    int minor;                                   /* HTTP/1.<minor>: 0 or 1 */
+    struct tg_header headers[TG_H1_MAX_HEADERS]; /* fields in order, names as sent */
+    size_t nheaders;                             /* count of fields */
+    struct tg_iov host;                          /* Host value (empty for 1.0 without Host) */
+    enum tg_h1_body body;                        /* framing of the body */
+    uint64_t content_length;                     /* valid when body == TG_H1_BODY_LENGTH */
+    bool keep_alive;                             /* 1.1 without "close", or 1.0 with keep-alive */
+    bool expect_continue;                        /* "Expect: 100-continue" was sent */
+    int error_status;                            /* on failure: 400, 431, 501 or 505 */
+    const char *error;                           /* on failure: short static reason */
 };
 
 /*
@@ -89,7 +89,7 @@ void tg_chunked_init(struct tg_chunked *d);
  * An error is sticky.  cb may be NULL to discard the data; it is called before
  * returning, with ranges inside in[].
  */
-ssize_t tg_chunked_decode(struct tg_chunked *d, const char *in, size_t len,
-                          tg_chunked_data_fn *cb, void *ud);
+ssize_t tg_chunked_decode(struct tg_chunked *d, const char *in, size_t len, tg_chunked_data_fn *cb,
+                          void *ud);
 
 #endif

@@ -16,6 +16,7 @@
  *   tchar = "!" / "#" / "$" / "%" / "&" / "'" / "*" / "+" / "-" / "." /
  *           "^" / "_" / "`" / "|" / "~" / DIGIT / ALPHA
  */
+/* clang-format off */
 static const unsigned char tchar[256] = {
     ['!'] = 1, ['#'] = 1, ['$'] = 1, ['%'] = 1, ['&'] = 1, ['\''] = 1, ['*'] = 1, ['+'] = 1,
     ['-'] = 1, ['.'] = 1, ['^'] = 1, ['_'] = 1, ['`'] = 1, ['|'] = 1,  ['~'] = 1,
@@ -30,6 +31,7 @@ static const unsigned char tchar[256] = {
     ['q'] = 1, ['r'] = 1, ['s'] = 1, ['t'] = 1, ['u'] = 1, ['v'] = 1,  ['w'] = 1, ['x'] = 1,
     ['y'] = 1, ['z'] = 1,
 };
+/* clang-format on */
 
 static bool is_tchar(char c)
 {
@@ -211,19 +213,28 @@ bool tg_authority_valid(struct tg_iov authority)
     return reg_name_valid(p, host_len);
 }
 
+/* Connection-specific fields (RFC 9110 §7.6.1, RFC 9113 §8.2.2), plus Host. */
+static const struct {
+    const char *name; /* lowercase field name */
+    size_t len;       /* its length */
+} hop_by_hop[] = {
+    {"connection", 10},
+    {"keep-alive", 10},
+    {"proxy-connection", 16},
+    {"transfer-encoding", 17},
+    {"te", 2},
+    {"upgrade", 7},
+    {"trailer", 7},
+    {"proxy-authenticate", 18},
+    {"proxy-authorization", 19},
+    {"http2-settings", 14},
+    {"host", 4},
+};
+
 bool tg_header_is_hop_by_hop(struct tg_iov name)
 {
-/* Plain initialisers: a compound literal is not a constant expression in ISO C. */
-#define HOP(s) {(s), sizeof(s) - 1}
-    static const struct tg_iov hop[] = {
-        HOP("connection"),     HOP("keep-alive"),         HOP("proxy-connection"),
-        HOP("transfer-encoding"), HOP("te"),              HOP("upgrade"),
-        HOP("trailer"),        HOP("proxy-authenticate"), HOP("proxy-authorization"),
-        HOP("http2-settings"), HOP("host"),
-    };
-#undef HOP
-    for (size_t i = 0; i < sizeof(hop) / sizeof(hop[0]); i++)
-        if (iov_ieq(name, hop[i]))
+    for (size_t i = 0; i < sizeof(hop_by_hop) / sizeof(hop_by_hop[0]); i++)
+        if (iov_ieq(name, tg_iov_make(hop_by_hop[i].name, hop_by_hop[i].len)))
             return true;
     return false;
 }

@@ -86,9 +86,13 @@ class Tollgate:
     def __init__(self, tmp_path, cfg, env=None):
         self.dir = tmp_path
         self.cfg = cfg
-        self.path = tmp_path / "tollgate.json"
+        # Several instances may share one test's tmp_path: number them.
+        n = 0
+        while (tmp_path / f"tollgate{n or ''}.json").exists():
+            n += 1
+        self.path = tmp_path / f"tollgate{n or ''}.json"
         self.path.write_text(json.dumps(cfg, indent=2))
-        self.log_path = tmp_path / "tollgate.stderr"
+        self.log_path = tmp_path / f"tollgate{n or ''}.stderr"
         self.log = open(self.log_path, "w")
         e = dict(os.environ)
         e.update(env or {})
@@ -127,8 +131,9 @@ class Tollgate:
         return self.proc.returncode
 
     def stderr(self):
-        self.log.flush()
-        return self.log_path.read_text()
+        if not self.log.closed:
+            self.log.flush()
+        return self.log_path.read_text(errors="replace")
 
 
 def base_config(demo, **over):

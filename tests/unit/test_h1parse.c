@@ -51,29 +51,44 @@ struct head_case {
     int status;       /* 0: accepted as a whole head; else the expected error status */
 };
 
+/* clang-format off */
 #define ACCEPT(n, s) {(n), (s), sizeof(s) - 1, 0}
 #define REJECT(n, s, st) {(n), (s), sizeof(s) - 1, (st)}
+/* clang-format on */
 
 static const struct head_case head_cases[] = {
     /* THREATS §2.3 probe matrix, every request-head row. */
-    REJECT("M: CL then TE", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
-                            "Transfer-Encoding: chunked\r\n\r\n", 400),
-    REJECT("M: TE then CL", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
-                            "Content-Length: 3\r\n\r\n", 400),
-    REJECT("M: duplicate CL same", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
-                                   "Content-Length: 3\r\n\r\n", 400),
-    REJECT("M: duplicate CL different", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
-                                        "Content-Length: 4\r\n\r\n", 400),
+    REJECT("M: CL then TE",
+           "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+           "Transfer-Encoding: chunked\r\n\r\n",
+           400),
+    REJECT("M: TE then CL",
+           "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+           "Content-Length: 3\r\n\r\n",
+           400),
+    REJECT("M: duplicate CL same",
+           "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+           "Content-Length: 3\r\n\r\n",
+           400),
+    REJECT("M: duplicate CL different",
+           "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n"
+           "Content-Length: 4\r\n\r\n",
+           400),
     REJECT("M: CL list 3, 3", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3, 3\r\n\r\n", 400),
     REJECT("M: CL +3", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +3\r\n\r\n", 400),
     REJECT("M: CL space colon", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length : 3\r\n\r\n", 400),
     REJECT("M: TE space colon", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n",
            400),
-    REJECT("M: TE identity, chunked", "POST / HTTP/1.1\r\nHost: a\r\n"
-                                      "Transfer-Encoding: identity, chunked\r\n\r\n", 400),
-    ACCEPT("M: TE HTAB chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked\r\n\r\n"),
-    REJECT("M: TE obs-fold chunked", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n"
-                                     " chunked\r\n\r\n", 400),
+    REJECT("M: TE identity, chunked",
+           "POST / HTTP/1.1\r\nHost: a\r\n"
+           "Transfer-Encoding: identity, chunked\r\n\r\n",
+           400),
+    ACCEPT("M: TE HTAB chunked",
+           "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\tchunked\r\n\r\n"),
+    REJECT("M: TE obs-fold chunked",
+           "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n"
+           " chunked\r\n\r\n",
+           400),
     REJECT("M: generic obs-fold", "GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n\tc\r\n\r\n", 400),
     REJECT("M: bare-LF headers", "GET / HTTP/1.1\nHost: a\n\n", 400),
     REJECT("M: bare-LF one header", "GET / HTTP/1.1\r\nHost: a\nX: y\r\n\r\n", 400),
@@ -82,7 +97,8 @@ static const struct head_case head_cases[] = {
     REJECT("M: CR in value", "GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", 400),
     REJECT("M: NUL in value", "GET / HTTP/1.1\r\nHost: a\r\nX: a\0b\r\n\r\n", 400),
     REJECT("M: \\r\\n\\rX after headers", "GET / HTTP/1.1\r\nHost: a\r\n\rX", 400),
-    REJECT("M: \\r\\n\\rX then more", "GET / HTTP/1.1\r\nHost: a\r\n\rXGET / HTTP/1.1\r\n\r\n", 400),
+    REJECT("M: \\r\\n\\rX then more", "GET / HTTP/1.1\r\nHost: a\r\n\rXGET / HTTP/1.1\r\n\r\n",
+           400),
     REJECT("M: HTTP/1.0 + TE chunked", "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
            400),
     REJECT("M: no Host", "GET / HTTP/1.1\r\nX: y\r\n\r\n", 400),
@@ -108,8 +124,10 @@ static const struct head_case head_cases[] = {
      * chunked, and refuses "3<HTAB>" as a Content-Length.  The second opinion
      * turns both into a 400, which is safe.
      */
-    REJECT("chunked HTAB (llhttp)", "POST / HTTP/1.1\r\nHost: a\r\n"
-                                    "Transfer-Encoding: chunked\t\r\n\r\n", 400),
+    REJECT("chunked HTAB (llhttp)",
+           "POST / HTTP/1.1\r\nHost: a\r\n"
+           "Transfer-Encoding: chunked\t\r\n\r\n",
+           400),
     REJECT("CL HTAB (llhttp)", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\t\r\n\r\n", 400),
     ACCEPT("HTTP/1.0 no Host", "GET / HTTP/1.0\r\n\r\n"),
     ACCEPT("HTTP/1.0 with Host", "GET / HTTP/1.0\r\nHost: a\r\n\r\n"),
@@ -117,7 +135,8 @@ static const struct head_case head_cases[] = {
     ACCEPT("IPv6 Host", "GET / HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n"),
     ACCEPT("empty value", "GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nX-Sp:   \r\n\r\n"),
     ACCEPT("obs-text value", "GET / HTTP/1.1\r\nHost: a\r\nX: caf\xc3\xa9\r\n\r\n"),
-    ACCEPT("19-digit CL", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9999999999999999999\r\n\r\n"),
+    ACCEPT("19-digit CL",
+           "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9999999999999999999\r\n\r\n"),
     ACCEPT("CL leading zeros", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 007\r\n\r\n"),
     ACCEPT("Upgrade ignored", "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n"
                               "Upgrade: websocket\r\n\r\n"),
@@ -170,28 +189,46 @@ static const struct head_case head_cases[] = {
     REJECT("CL negative", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n", 400),
     REJECT("CL hex", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 0x10\r\n\r\n", 400),
     REJECT("CL inner space", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1 0\r\n\r\n", 400),
-    REJECT("CL 20 digits", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000000000000000\r\n"
-                           "\r\n", 400),
-    REJECT("CL overflow", "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n"
-                          "\r\n", 400),
-    REJECT("CL duplicate case", "POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 3\r\n"
-                                "CONTENT-LENGTH: 3\r\n\r\n", 400),
+    REJECT("CL 20 digits",
+           "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10000000000000000000\r\n"
+           "\r\n",
+           400),
+    REJECT("CL overflow",
+           "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n"
+           "\r\n",
+           400),
+    REJECT("CL duplicate case",
+           "POST / HTTP/1.1\r\nHost: a\r\ncontent-length: 3\r\n"
+           "CONTENT-LENGTH: 3\r\n\r\n",
+           400),
 
     /* Transfer-Encoding. */
     REJECT("TE gzip", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
     REJECT("TE identity", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", 501),
-    REJECT("TE gzip + CL", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n"
-                           "Content-Length: 3\r\n\r\n", 400),
-    REJECT("TE chunked, chunked", "POST / HTTP/1.1\r\nHost: a\r\n"
-                                  "Transfer-Encoding: chunked, chunked\r\n\r\n", 400),
-    REJECT("TE gzip, chunked", "POST / HTTP/1.1\r\nHost: a\r\n"
-                               "Transfer-Encoding: gzip, chunked\r\n\r\n", 400),
-    REJECT("TE duplicate", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
-                           "Transfer-Encoding: chunked\r\n\r\n", 400),
-    REJECT("TE vtab", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\x0b" "chunked\r\n\r\n",
+    REJECT("TE gzip + CL",
+           "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n"
+           "Content-Length: 3\r\n\r\n",
            400),
-    REJECT("TE chunked param", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;q=1\r\n"
-                               "\r\n", 400),
+    REJECT("TE chunked, chunked",
+           "POST / HTTP/1.1\r\nHost: a\r\n"
+           "Transfer-Encoding: chunked, chunked\r\n\r\n",
+           400),
+    REJECT("TE gzip, chunked",
+           "POST / HTTP/1.1\r\nHost: a\r\n"
+           "Transfer-Encoding: gzip, chunked\r\n\r\n",
+           400),
+    REJECT("TE duplicate",
+           "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n"
+           "Transfer-Encoding: chunked\r\n\r\n",
+           400),
+    REJECT("TE vtab",
+           "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\x0b"
+           "chunked\r\n\r\n",
+           400),
+    REJECT("TE chunked param",
+           "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked;q=1\r\n"
+           "\r\n",
+           400),
     REJECT("TE empty", "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding:\r\n\r\n", 400),
     REJECT("TE in 1.0 gzip", "POST / HTTP/1.0\r\nTransfer-Encoding: gzip\r\n\r\n", 400),
 };
@@ -211,8 +248,8 @@ static void check_prefixes(const struct head_case *c, ssize_t full, int full_sta
         if (rv < 0) {
             failed = true;
             if (full >= 0 || h.error_status != full_status)
-                fail_msg("%s: prefix %zu fails with %d (%s), whole input gives %zd/%d", c->name,
-                         k, h.error_status, h.error, full, full_status);
+                fail_msg("%s: prefix %zu fails with %d (%s), whole input gives %zd/%d", c->name, k,
+                         h.error_status, h.error, full, full_status);
         }
     }
 }
@@ -225,8 +262,8 @@ static void test_head_table(void **state)
         ssize_t rv = parse(c->in, c->len, MAX_HEAD, &h);
 
         if (c->status == 0 && rv != (ssize_t)c->len)
-            fail_msg("%s: want accept (%zu), got %zd: %d %s", c->name, c->len, rv,
-                     h.error_status, h.error ? h.error : "");
+            fail_msg("%s: want accept (%zu), got %zd: %d %s", c->name, c->len, rv, h.error_status,
+                     h.error ? h.error : "");
         if (c->status != 0 && (rv != -1 || h.error_status != c->status || h.error == NULL))
             fail_msg("%s: want %d, got %zd (%d %s)", c->name, c->status, rv, h.error_status,
                      h.error ? h.error : "");
@@ -276,8 +313,7 @@ static void test_head_framing(void **state)
         {"POST / HTTP/1.0\r\nContent-Length: 5\r\n\r\n", TG_H1_BODY_LENGTH, 5},
         {"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 9999999999999999999\r\n\r\n",
          TG_H1_BODY_LENGTH, UINT64_C(9999999999999999999)},
-        {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", TG_H1_BODY_CHUNKED,
-         0},
+        {"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", TG_H1_BODY_CHUNKED, 0},
     };
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         struct tg_h1_head h;
@@ -299,8 +335,8 @@ static void test_head_connection(void **state)
         {"GET / HTTP/1.1\r\nHost: a\r\n\r\n", true, false},
         {"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n", false, false},
         {"GET / HTTP/1.1\r\nHost: a\r\nConnection: foo, Close\r\n\r\n", false, false},
-        {"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n",
-         false, false},
+        {"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nConnection: close\r\n\r\n", false,
+         false},
         {"GET / HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\n\r\n", true, false},
         {"GET / HTTP/1.1\r\nHost: a\r\nConnection: closed\r\n\r\n", true, false},
         {"GET / HTTP/1.0\r\n\r\n", false, false},
@@ -461,12 +497,15 @@ struct chunk_case {
     size_t out_len;   /* their length */
 };
 
+/* clang-format off */
 #define CHUNK(n, s, c, o) {(n), (s), sizeof(s) - 1, (c), (o), sizeof(o) - 1}
+/* clang-format on */
 #define CH_ALL -2 /* consumed: the whole input */
 
-static const char ext70[] =
-    "3;" "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa" "\r\n"
-    "abc\r\n0\r\n\r\n";
+static const char ext70[] = "3;"
+                            "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+                            "\r\n"
+                            "abc\r\n0\r\n\r\n";
 
 static const struct chunk_case chunk_cases[] = {
     /* THREATS §2.3 rows. */
@@ -487,8 +526,7 @@ static const struct chunk_case chunk_cases[] = {
     CHUNK("binary data", "4\r\n\r\n\0\xff\r\n0\r\n\r\n", CH_ALL, "\r\n\0\xff"),
     CHUNK("extension", "5;name=value\r\nhello\r\n0;last\r\n\r\n", CH_ALL, "hello"),
     CHUNK("quoted extension", "5;a=\"x y\"\r\nhello\r\n0\r\n\r\n", CH_ALL, "hello"),
-    CHUNK("trailer", "5\r\nhello\r\n0\r\nX-Sum: abc\r\nX-Other:\tv w \r\n\r\n", CH_ALL,
-          "hello"),
+    CHUNK("trailer", "5\r\nhello\r\n0\r\nX-Sum: abc\r\nX-Other:\tv w \r\n\r\n", CH_ALL, "hello"),
     CHUNK("empty trailer value", "0\r\nX:\r\n\r\n", CH_ALL, ""),
     CHUNK("pipelined after", "2\r\nhi\r\n0\r\n\r\nGET / HTTP/1.1\r\n", 12, "hi"),
     CHUNK("10 hex digits", "000000000a\r\n0123456789\r\n0\r\n\r\n", CH_ALL, "0123456789"),

@@ -18,7 +18,9 @@ struct row {
     bool want;      /* expected predicate result */
 };
 
+/* clang-format off */
 #define ROW(s, w) {(s), sizeof(s) - 1, (w)}
+/* clang-format on */
 
 typedef bool pred_fn(struct tg_iov);
 
@@ -59,12 +61,8 @@ static void test_name_valid(void **state)
         ROW("a\r\nb", false),
     };
     static const struct row lower_rows[] = {
-        ROW("host", true),
-        ROW("x-request-id", true),
-        ROW("Host", false),
-        ROW("x-A", false),
-        ROW("", false),
-        ROW("a b", false),
+        ROW("host", true), ROW("x-request-id", true), ROW("Host", false), ROW("x-A", false),
+        ROW("", false),    ROW("a b", false),
     };
     RUN(tg_header_name_valid, rows);
     RUN(tg_header_name_valid_lower, lower_rows);
@@ -99,9 +97,9 @@ static void test_value_valid(void **state)
 static void test_method_target(void **state)
 {
     static const struct row methods[] = {
-        ROW("GET", true),     ROW("POST", true),  ROW("M-SEARCH", true), ROW("get", true),
-        ROW("", false),       ROW("GE T", false), ROW("GET/", false),    ROW("G\0T", false),
-        ROW("GET\r", false),
+        ROW("GET", true),   ROW("POST", true),  ROW("M-SEARCH", true),
+        ROW("get", true),   ROW("", false),     ROW("GE T", false),
+        ROW("GET/", false), ROW("G\0T", false), ROW("GET\r", false),
     };
     static const struct row targets[] = {
         ROW("/", true),
@@ -228,8 +226,8 @@ static void test_token_list(void **state)
         size_t n = strlen(rows[i].list);
         char *p = test_malloc(n ? n : 1);
         memcpy(p, rows[i].list, n);
-        bool got = tg_token_list_has(tg_iov_make(p, n),
-                                     tg_iov_make(rows[i].name, strlen(rows[i].name)));
+        bool got =
+            tg_token_list_has(tg_iov_make(p, n), tg_iov_make(rows[i].name, strlen(rows[i].name)));
         test_free(p);
         if (got != rows[i].want)
             fail_msg("tg_token_list_has(\"%s\", \"%s\") = %d", rows[i].list, rows[i].name, got);
@@ -272,10 +270,10 @@ static void test_lowercase(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_name_valid),   cmocka_unit_test(test_value_valid),
+        cmocka_unit_test(test_name_valid),    cmocka_unit_test(test_value_valid),
         cmocka_unit_test(test_method_target), cmocka_unit_test(test_authority),
-        cmocka_unit_test(test_hop_by_hop),   cmocka_unit_test(test_token_list),
-        cmocka_unit_test(test_request_id),   cmocka_unit_test(test_lowercase),
+        cmocka_unit_test(test_hop_by_hop),    cmocka_unit_test(test_token_list),
+        cmocka_unit_test(test_request_id),    cmocka_unit_test(test_lowercase),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -53,7 +53,8 @@
 #define TOKENS_DEFAULT 16
 #define EMB_DIM 8
 #define EMB_INPUTS_MAX 2048
-#define PATHS_MAX 1024 /* distinct by_path keys before "<other>" */
+#define PATHS_MAX 1024   /* distinct by_path keys before "<other>" */
+#define PATH_KEY_MAX 512 /* longer paths count as "<long>" */
 #define DELAY_MAX 3600000
 #define CLEN_CHUNKED (-1) /* put_head: chunked (or close-delimited on 1.0) */
 #define CLEN_NONE (-2)    /* put_head: no body at all (204, 304) */
@@ -89,7 +90,18 @@ struct mode {
     bool close;            /* Connection: close after the response */
 };
 
-enum route { R_NOTFOUND, R_CHAT, R_COMPL, R_EMB, R_MODELS, R_HEALTH, R_ECHO, R_BIG, R_STATS, R_RESET };
+enum route {
+    R_NOTFOUND,
+    R_CHAT,
+    R_COMPL,
+    R_EMB,
+    R_MODELS,
+    R_HEALTH,
+    R_ECHO,
+    R_BIG,
+    R_STATS,
+    R_RESET
+};
 
 /* Where the queue head is in being answered. */
 enum rstate {
@@ -107,79 +119,79 @@ enum tuse { T_NONE, T_DELAY, T_LINGER };
 
 /* One request: parsed head, body, then its response state. */
 struct req {
-    struct req *next;      /* pipeline queue */
-    char *hb;              /* url, then header names and values */
-    uint32_t hb_len;       /* bytes used in hb */
-    uint32_t hb_cap;       /* bytes allocated in hb */
-    uint32_t url_len;      /* url is hb[0, url_len) */
-    uint32_t trailer_len;  /* trailer bytes seen (counted, not kept) */
-    struct hdr *hdrs;      /* header lines in received order */
-    uint32_t nhdrs;        /* used entries */
-    uint32_t hdrs_cap;     /* allocated entries */
-    bool in_field;         /* inside a header name (llhttp may split it) */
-    bool head_done;        /* headers complete: later fields are trailers */
-    bool keep_alive;       /* llhttp_should_keep_alive() */
-    bool keep_body;        /* buffer the body (JSON endpoints) */
-    bool is_demo;          /* under /_demo/: no stats, no modes */
-    bool bad_mode;         /* x-demo-mode did not parse */
-    uint32_t bad_off;      /* offending token in hb */
-    uint32_t bad_len;      /* its length */
-    uint8_t method;        /* llhttp_method_t */
-    uint8_t http_minor;    /* 0 or 1 */
-    enum route route;      /* from the path */
-    struct mode mode;      /* fault modes */
-    char *body;            /* buffered body (keep_body) */
-    size_t body_len;       /* bytes in body */
-    size_t body_cap;       /* bytes allocated */
-    uint64_t body_bytes;   /* body bytes received, buffered or not */
-    EVP_MD_CTX *sha;       /* /echo body digest while reading */
-    char sha_hex[65];      /* final digest, hex */
-    enum rstate state;     /* response progress */
-    enum body_kind kind;   /* streamed body type */
-    enum phase phase;      /* SSE position */
-    bool close_conn;       /* this response ends the connection */
-    bool chunked;          /* SSE framed with chunks (HTTP/1.1) */
-    bool timer_armed;      /* conn timer runs for this request */
-    bool need_delay;       /* delay-between due before the next unit */
-    bool strict;           /* back-pressure: one write in flight at a time */
-    bool chat;             /* chat.completion(.chunk) rather than text_completion */
-    bool include_usage;    /* stream_options.include_usage */
-    uint64_t id;           /* response id suffix */
-    int64_t created;       /* response timestamp */
-    uint64_t n_events;     /* content events to send */
-    uint64_t ev_sent;      /* content events sent */
-    uint64_t units;        /* events or chunks sent, for reset-after */
-    uint64_t prompt;       /* prompt_tokens */
-    uint64_t big_left;     /* big body bytes still to send */
-    char *model_json;      /* the model as an escaped JSON string, quoted */
+    struct req *next;     /* pipeline queue */
+    char *hb;             /* url, then header names and values */
+    uint32_t hb_len;      /* bytes used in hb */
+    uint32_t hb_cap;      /* bytes allocated in hb */
+    uint32_t url_len;     /* url is hb[0, url_len) */
+    uint32_t trailer_len; /* trailer bytes seen (counted, not kept) */
+    struct hdr *hdrs;     /* header lines in received order */
+    uint32_t nhdrs;       /* used entries */
+    uint32_t hdrs_cap;    /* allocated entries */
+    bool in_field;        /* inside a header name (llhttp may split it) */
+    bool head_done;       /* headers complete: later fields are trailers */
+    bool keep_alive;      /* llhttp_should_keep_alive() */
+    bool keep_body;       /* buffer the body (JSON endpoints) */
+    bool is_demo;         /* under /_demo/: no stats, no modes */
+    bool bad_mode;        /* x-demo-mode did not parse */
+    uint32_t bad_off;     /* offending token in hb */
+    uint32_t bad_len;     /* its length */
+    uint8_t method;       /* llhttp_method_t */
+    uint8_t http_minor;   /* 0 or 1 */
+    enum route route;     /* from the path */
+    struct mode mode;     /* fault modes */
+    char *body;           /* buffered body (keep_body) */
+    size_t body_len;      /* bytes in body */
+    size_t body_cap;      /* bytes allocated */
+    uint64_t body_bytes;  /* body bytes received, buffered or not */
+    EVP_MD_CTX *sha;      /* /echo body digest while reading */
+    char sha_hex[65];     /* final digest, hex */
+    enum rstate state;    /* response progress */
+    enum body_kind kind;  /* streamed body type */
+    enum phase phase;     /* SSE position */
+    bool close_conn;      /* this response ends the connection */
+    bool chunked;         /* SSE framed with chunks (HTTP/1.1) */
+    bool timer_armed;     /* conn timer runs for this request */
+    bool need_delay;      /* delay-between due before the next unit */
+    bool strict;          /* back-pressure: one write in flight at a time */
+    bool chat;            /* chat.completion(.chunk) rather than text_completion */
+    bool include_usage;   /* stream_options.include_usage */
+    uint64_t id;          /* response id suffix */
+    int64_t created;      /* response timestamp */
+    uint64_t n_events;    /* content events to send */
+    uint64_t ev_sent;     /* content events sent */
+    uint64_t units;       /* events or chunks sent, for reset-after */
+    uint64_t prompt;      /* prompt_tokens */
+    uint64_t big_left;    /* big body bytes still to send */
+    char *model_json;     /* the model as an escaped JSON string, quoted */
 };
 
 /* One client connection. */
 struct conn {
-    uv_tcp_t tcp;           /* the socket */
-    uv_timer_t timer;       /* delays and lingering close */
-    uv_shutdown_t shut;     /* our FIN */
-    llhttp_t parser;        /* request parser */
-    struct conn *prev;      /* all-connections list */
-    struct conn *next;      /* all-connections list */
-    int pending_closes;     /* handles still closing; free at 0 */
-    struct req *cur;        /* request being parsed */
-    struct req *q_head;     /* oldest unanswered request */
-    struct req *q_tail;     /* newest queued request */
-    unsigned q_len;         /* queued requests */
-    bool busy;              /* q_head is being answered */
-    bool reading;           /* uv_read_start is active */
-    bool closing;           /* conn_close() ran */
-    bool close_after;       /* close once staged output is written */
-    bool shutdown_started;  /* uv_shutdown issued */
-    bool lingering;         /* after FIN: discarding input until EOF or timer */
-    bool input_done;        /* EOF, parse error: parse nothing more */
-    bool eof;               /* peer sent FIN */
-    bool out_err;           /* staging failed: close at next flush */
-    int fail_status;        /* answer this (400, 413, 431, 505) after the queue */
-    const char *fail_msg;   /* its message */
-    enum tuse tuse;         /* what the timer is for */
-    unsigned outstanding;   /* uv_writes in flight */
+    uv_tcp_t tcp;            /* the socket */
+    uv_timer_t timer;        /* delays and lingering close */
+    uv_shutdown_t shut;      /* our FIN */
+    llhttp_t parser;         /* request parser */
+    struct conn *prev;       /* all-connections list */
+    struct conn *next;       /* all-connections list */
+    int pending_closes;      /* handles still closing; free at 0 */
+    struct req *cur;         /* request being parsed */
+    struct req *q_head;      /* oldest unanswered request */
+    struct req *q_tail;      /* newest queued request */
+    unsigned q_len;          /* queued requests */
+    bool busy;               /* q_head is being answered */
+    bool reading;            /* uv_read_start is active */
+    bool closing;            /* conn_close() ran */
+    bool close_after;        /* close once staged output is written */
+    bool shutdown_started;   /* uv_shutdown issued */
+    bool lingering;          /* after FIN: discarding input until EOF or timer */
+    bool input_done;         /* EOF, parse error: parse nothing more */
+    bool eof;                /* peer sent FIN */
+    bool out_err;            /* staging failed: close at next flush */
+    int fail_status;         /* answer this (400, 413, 431, 505) after the queue */
+    const char *fail_msg;    /* its message */
+    enum tuse tuse;          /* what the timer is for */
+    unsigned outstanding;    /* uv_writes in flight */
     uv_buf_t bufs[OUT_BUFS]; /* staged output */
     unsigned nbufs;          /* staged buffers */
     void *owned[OUT_BUFS];   /* heap blocks freed when the write completes */
@@ -193,31 +205,31 @@ struct conn {
 
 /* A write in flight: frees its owned blocks on completion. */
 struct wreq {
-    uv_write_t req;   /* libuv request */
-    struct conn *c;   /* owner */
-    uint64_t big;     /* big= bytes in this write */
-    unsigned nowned;  /* entries in owned */
-    void *owned[];    /* heap blocks to free */
+    uv_write_t req;  /* libuv request */
+    struct conn *c;  /* owner */
+    uint64_t big;    /* big= bytes in this write */
+    unsigned nowned; /* entries in owned */
+    void *owned[];   /* heap blocks to free */
 };
 
 /* Process state and counters (single thread). */
 struct server {
-    uv_loop_t *loop;             /* the loop */
-    uv_tcp_t listener;           /* listening socket */
-    uv_signal_t sig_term;        /* SIGTERM */
-    uv_signal_t sig_int;         /* SIGINT */
-    llhttp_settings_t settings;  /* parser callbacks */
-    struct conn *conns;          /* open connections */
-    bool stopping;               /* a signal arrived */
-    bool quiet;                  /* --quiet */
-    int64_t delay_first;         /* --delay-first-byte */
-    int sndbuf;                  /* --sndbuf, 0: kernel default */
-    uint64_t next_id;            /* response ids */
-    uint64_t requests;           /* requests received, /_demo/ excluded */
-    uint64_t connections;        /* connections accepted */
-    uint64_t open_connections;   /* connections open now */
-    uint64_t big_bytes_written;  /* big= bytes the socket accepted */
-    json_t *by_path;             /* path -> count */
+    uv_loop_t *loop;            /* the loop */
+    uv_tcp_t listener;          /* listening socket */
+    uv_signal_t sig_term;       /* SIGTERM */
+    uv_signal_t sig_int;        /* SIGINT */
+    llhttp_settings_t settings; /* parser callbacks */
+    struct conn *conns;         /* open connections */
+    bool stopping;              /* a signal arrived */
+    bool quiet;                 /* --quiet */
+    int64_t delay_first;        /* --delay-first-byte */
+    int sndbuf;                 /* --sndbuf, 0: kernel default */
+    uint64_t next_id;           /* response ids */
+    uint64_t requests;          /* requests received, /_demo/ excluded */
+    uint64_t connections;       /* connections accepted */
+    uint64_t open_connections;  /* connections open now */
+    uint64_t big_bytes_written; /* big= bytes the socket accepted */
+    json_t *by_path;            /* path -> count */
 };
 
 static struct server g;
@@ -693,6 +705,10 @@ static void count_path(const char *p, size_t n)
     json_t *v;
 
     g.requests++;
+    if (n > PATH_KEY_MAX) {
+        p = "<long>";
+        n = 6;
+    }
     if (json_object_size(g.by_path) >= PATHS_MAX && json_object_getn(g.by_path, p, n) == NULL) {
         p = "<other>";
         n = 7;
@@ -978,8 +994,8 @@ static void put_head(struct conn *c, const struct req *r, int status, const char
         c->out_err = true;
         return;
     }
-    n = snprintf(h, sizeof h, "HTTP/1.1 %d %s\r\nServer: demo-upstream\r\n%s%s%s%s%s%s\r\n",
-                 status, reason(status), ctype ? "Content-Type: " : "", ctype ? ctype : "",
+    n = snprintf(h, sizeof h, "HTTP/1.1 %d %s\r\nServer: demo-upstream\r\n%s%s%s%s%s%s\r\n", status,
+                 reason(status), ctype ? "Content-Type: " : "", ctype ? ctype : "",
                  ctype ? "\r\n" : "", len, extra ? extra : "",
                  r->close_conn ? "Connection: close\r\n" : "");
     if (n < 0 || (size_t)n >= sizeof h) {
@@ -1030,12 +1046,8 @@ static void error_kind(int status, const char **type, const char **code)
         *type = "invalid_request_error";
         *code = "invalid_api_key";
         return;
-    case 403:
-        *type = "permission_error";
-        return;
-    case 404:
-        *type = "not_found_error";
-        return;
+    case 403: *type = "permission_error"; return;
+    case 404: *type = "not_found_error"; return;
     case 413:
         *type = "invalid_request_error";
         *code = "request_too_large";
@@ -1048,9 +1060,7 @@ static void error_kind(int status, const char **type, const char **code)
         *type = "server_error";
         *code = "service_unavailable";
         return;
-    default:
-        *type = status >= 500 ? "server_error" : "invalid_request_error";
-        return;
+    default: *type = status >= 500 ? "server_error" : "invalid_request_error"; return;
     }
 }
 
@@ -1169,7 +1179,8 @@ static uint64_t json_words(const json_t *v, int depth)
         return json_words(json_object_get(v, "text"), depth);
     if (!json_is_array(v) || depth >= 3)
         return 0;
-    json_array_foreach(v, i, e) {
+    for (i = 0; i < json_array_size(v); i++) {
+        e = json_array_get(v, i);
         w += json_words(e, depth + 1);
     }
     return w;
@@ -1185,7 +1196,8 @@ static uint64_t prompt_tokens(json_t *root, bool chat)
         json_t *msgs = json_object_get(root, "messages");
 
         if (json_is_array(msgs)) {
-            json_array_foreach(msgs, i, m) {
+            for (i = 0; i < json_array_size(msgs); i++) {
+                m = json_array_get(msgs, i);
                 if (json_is_object(m))
                     w += json_words(json_object_get(m, "content"), 0);
             }
@@ -1370,7 +1382,8 @@ static uint64_t input_hash(const json_t *v)
             h = (h ^ (unsigned char)s[i]) * UINT64_C(0x100000001b3);
         return h;
     }
-    json_array_foreach(v, i, e) {
+    for (i = 0; i < json_array_size(v); i++) {
+        e = json_array_get(v, i);
         h = (h ^ (uint64_t)json_integer_value(e)) * UINT64_C(0x100000001b3);
     }
     return h;
@@ -1382,7 +1395,8 @@ static bool all_of(const json_t *a, json_type type)
     size_t i;
     json_t *e;
 
-    json_array_foreach(a, i, e) {
+    for (i = 0; i < json_array_size(a); i++) {
+        e = json_array_get(a, i);
         if (json_typeof(e) != type || (type == JSON_ARRAY && !all_of(e, JSON_INTEGER)))
             return false;
     }
@@ -1394,8 +1408,7 @@ static void emb_item(struct sb *b, size_t idx, const json_t *input)
     uint64_t h = input_hash(input);
     int d;
 
-    sb_printf(b, "%s{\"object\":\"embedding\",\"index\":%zu,\"embedding\":[", idx ? "," : "",
-              idx);
+    sb_printf(b, "%s{\"object\":\"embedding\",\"index\":%zu,\"embedding\":[", idx ? "," : "", idx);
     for (d = 0; d < EMB_DIM; d++) {
         double x = (double)(mix(h + (uint64_t)d) >> 11) * 0x1.0p-53 * 2.0 - 1.0;
 
@@ -1430,14 +1443,14 @@ static void handle_embeddings(struct conn *c, struct req *r)
     if (json_is_string(in) || all_of(in, JSON_INTEGER))
         emb_item(b, 0, in);
     else {
-        json_array_foreach(in, i, e) {
+        for (i = 0; i < json_array_size(in); i++) {
+            e = json_array_get(in, i);
             emb_item(b, i, e);
         }
     }
-    sb_printf(b,
-              "],\"model\":%s,\"usage\":{\"prompt_tokens\":%" PRIu64 ",\"total_tokens\":%" PRIu64
-              "}}",
-              r->model_json, tokens, tokens);
+    sb_printf(
+        b, "],\"model\":%s,\"usage\":{\"prompt_tokens\":%" PRIu64 ",\"total_tokens\":%" PRIu64 "}}",
+        r->model_json, tokens, tokens);
     respond_sb(c, r, 200, "application/json", NULL);
 out:
     json_decref(root);
@@ -1580,9 +1593,7 @@ static void respond(struct conn *c, struct req *r)
             return;
         }
         break;
-    case R_ECHO:
-        handle_echo(c, r);
-        return;
+    case R_ECHO: handle_echo(c, r); return;
     case R_BIG:
         if (is_get(r) || r->method == HTTP_POST) {
             big_start(c, r, BIG_DEFAULT);
@@ -1591,8 +1602,7 @@ static void respond(struct conn *c, struct req *r)
         break;
     case R_NOTFOUND:
     case R_STATS:
-    case R_RESET:
-        break;
+    case R_RESET: break;
     }
     reply_not_found(c, r);
 }
@@ -1690,8 +1700,7 @@ static void sse_unit(struct conn *c, struct req *r)
         r->phase = PH_END;
         r->state = S_DONE;
         break;
-    case PH_END:
-        return;
+    case PH_END: return;
     }
     sse_emit(c, r, r->phase == PH_END);
 }
