@@ -13,7 +13,10 @@
 #   PORT_BASE=27000  first of the loopback ports used (27000..27032)
 #   PROXIES="tollgate nghttpx nginx"   subset/order of proxies to run
 #   TOLLGATE_BIN, DEMO_BIN             binaries (default: build/...)
+#   RESULTS=FILE     where to write the table (default bench/results/latest.md)
 #   KEEP_RUN_DIR=1   keep the temporary run directory (configs, logs)
+#   TOLLGATE_MAX_IDLE=N  set tollgate's upstreams[].max_idle_connections
+#                    (default: unset, i.e. tollgate's default of 64)
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,7 +29,7 @@ TOLLGATE_BIN=${TOLLGATE_BIN:-$ROOT/build/tollgate}
 DEMO_BIN=${DEMO_BIN:-$ROOT/build/tests/demo_upstream}
 CERT=$ROOT/tests/data/certs/server.crt
 KEY=$ROOT/tests/data/certs/server.key
-RESULTS=$BENCH_DIR/results/latest.md
+RESULTS=${RESULTS:-$BENCH_DIR/results/latest.md}
 
 H2_CONNS=16 H2_STREAMS=16 # h2load -c / -m
 H1_CONNS=32                # wrk -c (one thread)
@@ -125,25 +128,30 @@ wait_ports() {
 # Sum utime+stime (+cutime+cstime of the root) in clock ticks over PID and all
 # its live descendants (nginx/nghttpx masters fork their workers).
 tree_ticks() {
+    # Processes may vanish between the glob and the read: read each file with
+    # getline (a failed open is skipped, not fatal).
     awk -v root="$1" '
-        FNR == 1 {
-            line = $0; sub(/^[0-9]+ \(.*\) /, "", line); n = split(line, f, " ")
-            pid = FILENAME; sub(/^\/proc\//, "", pid); sub(/\/stat$/, "", pid)
-            ppid[pid] = f[2]; t[pid] = f[12] + f[13]; ct[pid] = f[14] + f[15]
-            nextfile
-        }
-        END {
+        BEGIN {
+            for (i = 1; i < ARGC; i++) {
+                f = ARGV[i]
+                if ((getline line < f) > 0) {
+                    pid = f; sub(/^\/proc\//, "", pid); sub(/\/stat$/, "", pid)
+                    sub(/^[0-9]+ \(.*\) /, "", line); split(line, x, " ")
+                    ppid[pid] = x[2]; t[pid] = x[12] + x[13]; ct[pid] = x[14] + x[15]
+                }
+                close(f)
+            }
             want[root] = 1; changed = 1
             while (changed) { changed = 0
                 for (p in ppid) if (!(p in want) && (ppid[p] in want)) { want[p] = 1; changed = 1 } }
             s = ct[root]; for (p in want) s += t[p]; print s + 0
-        }' /proc/[0-9]*/stat 2>/dev/null
+        }' /proc/[0-9]*/stat
 }
 
 render() { # render TEMPLATE OUT PLAIN TLS
     sed -e "s|@PLAIN_PORT@|$3|g" -e "s|@TLS_PORT@|$4|g" -e "s|@DEMO_PORT@|$DEMO_PORT|g" \
         -e "s|@CERT@|$CERT|g" -e "s|@KEY@|$KEY|g" -e "s|@RUN_DIR@|$RUN_DIR|g" \
-        -e "s|@USER_LINE@|$USER_LINE|g" "$1" >"$2"
+        -e "s|@USER_LINE@|$USER_LINE|g" -e "s|@UPSTREAM_EXTRA@|$UPSTREAM_EXTRA|g" "$1" >"$2"
 }
 
 # ------------------------------------------------------------- measuring ----
@@ -203,7 +211,7 @@ measure() {
         p50=$(sed -E 's/.*p50_us=([0-9]+).*/\1/' <<<"$line")
         p99=$(sed -E 's/.*p99_us=([0-9]+).*/\1/' <<<"$line")
         errs=$(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$line")
-        rps=$(awk -v r="$reqs" -v d="$dur" 'BEGIN { printf "%.1f", d > 0 ? r * 1e6 / d : 0 }') ;;
+        rps=$(awk -v r="$reqs" -v d="$dur" 'BEGIN { printf "%.1f", (d > 0 ? r * 1e6 / d : 0) }') ;;
     esac
     [ -n "$reqs" ] && [ "$reqs" -gt 0 ] 2>/dev/null || { cat "$out" >&2; die "no completed requests in $tag"; }
     R[$mode|$name|rps]=$rps
@@ -265,6 +273,8 @@ declare -A TLS_PORT=([tollgate]=$((base + 11)) [nghttpx]=$((base + 21)) [nginx]=
 
 RUN_DIR=$(mktemp -d /tmp/tollgate-bench.XXXXXX)
 USER_LINE=
+UPSTREAM_EXTRA=
+[ -n "${TOLLGATE_MAX_IDLE:-}" ] && UPSTREAM_EXTRA=", \"max_idle_connections\": $TOLLGATE_MAX_IDLE"
 [ "$(id -u)" -eq 0 ] && USER_LINE="user root;"
 mkdir -p "$RUN_DIR/nginx-tmp"
 log "run dir $RUN_DIR; ports: demo $DEMO_PORT, proxies $((base + 10))..$((base + 31)); ${DURATION}s per run"
@@ -330,6 +340,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0)
     echo "- tollgate $("$TOLLGATE_BIN" --version 2>&1 | head -1); $(nghttpx --version 2>&1 | head -1); $(nginx -v 2>&1 | head -1); $(h2load --version 2>&1 | head -1); $(wrk -v 2>&1 | head -1 | awk '{ print $1, $2 }')"
     echo "- each proxy: one worker, pinned to CPU $PROXY_CPU; demo upstream and load generator pinned to CPU $LOAD_CPU; ${DURATION} s per run after a ${WARMUP} s warm-up; loopback only"
     echo "- CPU µs/req: proxy process tree utime+stime (from /proc, ${CLK_TCK} Hz ticks) over the run ÷ completed requests; CPU %: of one core over the run; upstream µs/req: the demo server's, for reference"
+    [ -n "${TOLLGATE_MAX_IDLE:-}" ] && echo "- tollgate upstream max_idle_connections: $TOLLGATE_MAX_IDLE (not the default)"
     echo "- tollgate÷this: tollgate's CPU µs/req divided by this row's, same mode (< 1: tollgate cheaper)"
     echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg) (the machine may be shared: compare ratios, not absolutes)"
     for mode in "${MODES[@]}"; do
@@ -345,7 +356,7 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "" || b == "" || b + 0 == 0)
             else cpu=${R[$mode|$row|cpu]} util=${R[$mode|$row|util]}
                  if [ "$row" = tollgate ]; then rat="–"; else rat=$(ratio "$tg" "$cpu"); fi
             fi
-            printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$row" "${R[$mode|$row|rps]}" \
+            printf '| %s | %.0f | %s | %s | %s | %s | %s | %s | %s |\n' "$row" "${R[$mode|$row|rps]}" \
                 "$(ms "${R[$mode|$row|p50]}")" "$(ms "${R[$mode|$row|p99]}")" "$cpu" "$util" \
                 "${R[$mode|$row|ucpu]}" "${R[$mode|$row|errs]}" "$rat"
         done
