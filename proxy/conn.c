@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "config/config-t.h"
+#include "proxy/buf.h"
 #include "proxy/err.h"
 #include "proxy/listener.h"
 #include "proxy/log.h"
@@ -24,10 +25,16 @@
 static const char h2_preface[24] = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 struct write_req {
-    uv_write_t req;
-    size_t len;
-    char data[];
+    uv_write_t req; /* libuv request */
+    size_t len;     /* bytes in data */
+    char *data;     /* owned bytes */
 };
+
+size_t tg_conn_pending(const struct tg_conn *c)
+{
+    size_t queued = c->ssl ? BIO_ctrl_pending(c->wbio) : c->out.len;
+    return c->inflight + queued;
+}
 
 static void on_handle_closed(uv_handle_t *h)
 {
@@ -38,6 +45,7 @@ static void on_handle_closed(uv_handle_t *h)
         c->sess_ops->on_free(c);
     if (c->ssl)
         SSL_free(c->ssl); /* frees both BIOs */
+    tg_buf_dispose(&c->out);
     struct tg_worker *w = c->worker;
     tg_mem_free(c);
     atomic_fetch_sub(&tg_listener_conns, 1);
@@ -49,6 +57,7 @@ void tg_conn_close(struct tg_conn *c)
     if (c->closing)
         return;
     c->closing = true;
+    tg_worker_cancel(c->worker, &c->flush);
     /* Unlink now so a drain never visits a closing conn. */
     if (c->prev)
         c->prev->next = c->next;
@@ -62,19 +71,12 @@ void tg_conn_close(struct tg_conn *c)
     uv_close((uv_handle_t *)&c->tcp, on_handle_closed);
 }
 
-void tg_conn_close_after_write(struct tg_conn *c)
-{
-    if (c->write_pending == 0)
-        tg_conn_close(c);
-    else
-        c->close_after_write = true;
-}
-
 static void on_write(uv_write_t *wr, int status)
 {
     struct write_req *r = (struct write_req *)wr;
     struct tg_conn *c = wr->data;
-    c->write_pending -= r->len;
+    c->inflight -= r->len;
+    tg_mem_free(r->data);
     tg_mem_free(r);
     if (c->closing)
         return;
@@ -85,7 +87,7 @@ static void on_write(uv_write_t *wr, int status)
         tg_conn_close(c);
         return;
     }
-    if (c->close_after_write && c->write_pending == 0) {
+    if (c->close_after_write && tg_conn_pending(c) == 0) {
         tg_conn_close(c);
         return;
     }
@@ -93,66 +95,94 @@ static void on_write(uv_write_t *wr, int status)
         c->sess_ops->on_written(c);
 }
 
-static int write_raw(struct tg_conn *c, const struct tg_iov *iov, unsigned n)
+/* Hand everything queued to the kernel in one uv_write. */
+static int flush_now(struct tg_conn *c)
 {
-    size_t total = 0;
-    for (unsigned i = 0; i < n; i++)
-        total += iov[i].len;
-    if (total == 0)
-        return 0;
-    struct write_req *r = tg_mem_malloc(sizeof(*r) + total);
-    if (!r)
-        return TG_E_NOMEM;
-    size_t off = 0;
-    for (unsigned i = 0; i < n; i++) {
-        if (iov[i].len)
-            memcpy(r->data + off, iov[i].base, iov[i].len);
-        off += iov[i].len;
+    if (c->closing)
+        return TG_E_CLOSED;
+    char *data;
+    size_t len;
+    if (c->ssl) {
+        len = BIO_ctrl_pending(c->wbio);
+        if (len == 0)
+            return 0;
+        data = tg_mem_malloc(len);
+        if (!data)
+            return TG_E_NOMEM;
+        int got = BIO_read(c->wbio, data, (int)len);
+        if (got <= 0) {
+            tg_mem_free(data);
+            return TG_E_TLS;
+        }
+        len = (size_t)got;
+    } else {
+        if (c->out.len == 0)
+            return 0;
+        data = c->out.base; /* take the buffer itself: no copy */
+        len = c->out.len;
+        c->out.base = NULL;
+        c->out.len = c->out.cap = 0;
     }
-    r->len = total;
+    struct write_req *r = tg_mem_malloc(sizeof(*r));
+    if (!r) {
+        tg_mem_free(data);
+        return TG_E_NOMEM;
+    }
+    r->data = data;
+    r->len = len;
     r->req.data = c;
-    uv_buf_t b = uv_buf_init(r->data, (unsigned)total);
+    uv_buf_t b = uv_buf_init(data, (unsigned)len);
     int rv = uv_write(&r->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
     if (rv < 0) {
+        tg_mem_free(data);
         tg_mem_free(r);
         return rv;
     }
-    c->write_pending += total;
+    c->inflight += len;
     return 0;
 }
 
-/* Move whatever OpenSSL produced in wbio to the socket. */
-static int flush_tls(struct tg_conn *c)
+static void on_flush(struct tg_defer *d)
 {
-    size_t pending = BIO_ctrl_pending(c->wbio);
-    if (pending == 0)
-        return 0;
-    struct write_req *r = tg_mem_malloc(sizeof(*r) + pending);
-    if (!r)
-        return TG_E_NOMEM;
-    int got = BIO_read(c->wbio, r->data, (int)pending);
-    if (got <= 0) {
-        tg_mem_free(r);
-        return TG_E_TLS;
+    struct tg_conn *c = tg_container_of(d, struct tg_conn, flush);
+    int rv = flush_now(c);
+    if (rv < 0 && !c->closing) {
+        if (c->sess_ops && c->sess_ops->on_eof)
+            c->sess_ops->on_eof(c, rv);
+        tg_conn_close(c);
     }
-    r->len = (size_t)got;
-    r->req.data = c;
-    uv_buf_t b = uv_buf_init(r->data, (unsigned)got);
-    int rv = uv_write(&r->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
-    if (rv < 0) {
-        tg_mem_free(r);
-        return rv;
-    }
-    c->write_pending += (size_t)got;
-    return 0;
 }
 
+void tg_conn_close_after_write(struct tg_conn *c)
+{
+    if (c->closing)
+        return;
+    tg_worker_cancel(c->worker, &c->flush);
+    flush_now(c);
+    if (tg_conn_pending(c) == 0)
+        tg_conn_close(c);
+    else
+        c->close_after_write = true;
+}
+
+/*
+ * Writes are gathered and handed to the kernel once per loop iteration (from
+ * the worker's check phase), so a response head and its first body bytes, or
+ * the SSE events of one upstream read, leave in one system call.
+ */
 int tg_conn_write(struct tg_conn *c, const struct tg_iov *iov, unsigned n)
 {
     if (c->closing)
         return TG_E_CLOSED;
-    if (!c->ssl)
-        return write_raw(c, iov, n);
+    if (!c->ssl) {
+        for (unsigned i = 0; i < n; i++) {
+            int rv = tg_buf_append(&c->out, iov[i].base, iov[i].len);
+            if (rv)
+                return rv;
+        }
+        tg_worker_defer(c->worker, &c->flush, on_flush);
+        return 0;
+    }
     /* One TLS record per call where possible: small pieces are joined first. */
     char join[16384];
     size_t used = 0;
@@ -176,7 +206,8 @@ int tg_conn_write(struct tg_conn *c, const struct tg_iov *iov, unsigned n)
             return TG_E_TLS;
         }
     }
-    return flush_tls(c);
+    tg_worker_defer(c->worker, &c->flush, on_flush);
+    return 0;
 }
 
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
@@ -229,7 +260,7 @@ static void tls_fail(struct tg_conn *c, const char *what)
         ERR_error_string_n(e, buf, sizeof(buf));
     tg_log_debug("tls", "%s from %s:%u: %s", what, c->peer_ip, c->peer_port, buf);
     ERR_clear_error();
-    flush_tls(c); /* send the alert, if any */
+    flush_now(c); /* send the alert, if any */
     tg_conn_close_after_write(c);
 }
 
@@ -244,7 +275,7 @@ static void tls_read(struct tg_conn *c, const char *p, size_t n)
         if (r != 1) {
             int e = SSL_get_error(c->ssl, r);
             if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-                flush_tls(c);
+                flush_now(c);
                 return;
             }
             tls_fail(c, "handshake failed");
@@ -263,7 +294,7 @@ static void tls_read(struct tg_conn *c, const char *p, size_t n)
             tg_conn_close(c);
             return;
         }
-        flush_tls(c);
+        flush_now(c);
     }
     char buf[16384];
     while (!c->closing) {
@@ -287,7 +318,7 @@ static void tls_read(struct tg_conn *c, const char *p, size_t n)
         return;
     }
     if (!c->closing)
-        flush_tls(c);
+        flush_now(c);
 }
 
 static void deliver(struct tg_conn *c, const char *p, size_t n)
@@ -380,6 +411,10 @@ int tg_conn_accept(struct tg_worker *w, struct tg_listener *l, uv_stream_t *serv
     uv_timer_init(&w->loop, &c->timer);
     c->tcp.data = c;
     c->timer.data = c;
+    /* The output ceiling is a safety net: sessions stop producing at their
+     * high-water marks long before it. */
+    tg_buf_init(&c->out, 64u * 1024u * 1024u);
+    c->flush.fn = on_flush;
     /* Link first so tg_conn_close can unlink on every path. */
     c->next = w->conns;
     if (w->conns)

@@ -4,7 +4,7 @@
  *
  * The conn owns the session (h1 or h2) that runs on it and frees it in its
  * close callback.  Writes copy their bytes, so callers may reuse buffers at
- * once.
+ * once; they are gathered and written once per loop iteration.
  */
 #ifndef TG_CONN_H
 #define TG_CONN_H
@@ -14,6 +14,7 @@
 #include <uv.h>
 
 #include "proxy/buf-t.h"
+#include "proxy/worker.h"
 
 struct tg_conn;
 struct tg_listener;
@@ -44,7 +45,9 @@ struct tg_conn {
     void *sess;                         /* the session */
     char sniff[24];                     /* first bytes on plaintext, for the preface */
     size_t sniff_len;                   /* bytes in sniff */
-    size_t write_pending;               /* bytes submitted to uv_write, not yet done */
+    struct tg_buf out;                  /* plaintext bytes waiting for the deferred flush */
+    struct tg_defer flush;              /* the deferred flush */
+    size_t inflight;                    /* bytes handed to uv_write, not yet written */
     bool reading;                       /* uv_read_start is active */
     bool want_read;                     /* the session wants bytes (not paused) */
     bool closing;                       /* close started */
@@ -58,6 +61,8 @@ struct tg_conn {
 int tg_conn_accept(struct tg_worker *w, struct tg_listener *l, uv_stream_t *server);
 /* Queue bytes for the peer (copied; encrypted on TLS).  0 or a negative error. */
 int tg_conn_write(struct tg_conn *c, const struct tg_iov *iov, unsigned n);
+/* Bytes accepted by tg_conn_write and not yet written to the socket. */
+size_t tg_conn_pending(const struct tg_conn *c);
 /* Pause / resume delivering reads to the session. */
 void tg_conn_read_stop(struct tg_conn *c);
 void tg_conn_read_start(struct tg_conn *c);

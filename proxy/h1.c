@@ -191,7 +191,7 @@ static int send_data(struct tg_req *req, const char *p, size_t n, bool end)
 
 static size_t pending(struct tg_req *req)
 {
-    return sess_of(req)->conn->write_pending;
+    return tg_conn_pending(sess_of(req)->conn);
 }
 
 static void abort_resp(struct tg_req *req)
@@ -501,7 +501,7 @@ static void on_eof(struct tg_conn *c, int err)
 static void on_written(struct tg_conn *c)
 {
     struct h1_sess *s = c->sess;
-    if (s->req && c->write_pending < TG_REQ_RESP_LOW_WATER)
+    if (s->req && tg_conn_pending(c) < TG_REQ_RESP_LOW_WATER)
         tg_req_client_drained(s->req);
 }
 

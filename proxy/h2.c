@@ -112,7 +112,7 @@ static void flush(struct h2_sess *s)
         return;
     char buf[65536];
     size_t used = 0;
-    while (s->conn->write_pending < H2_SEND_HIGH_WATER) {
+    while (tg_conn_pending(s->conn) < H2_SEND_HIGH_WATER) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(s->ng, &data);
         if (n < 0) {
@@ -514,7 +514,7 @@ static void on_eof(struct tg_conn *c, int err)
 static void on_written(struct tg_conn *c)
 {
     struct h2_sess *s = c->sess;
-    if (!s->dead && (nghttp2_session_want_write(s->ng) || s->conn->write_pending == 0))
+    if (!s->dead && (nghttp2_session_want_write(s->ng) || tg_conn_pending(s->conn) == 0))
         schedule_flush(s);
 }
 

@@ -64,6 +64,7 @@ struct tg_upconn {
     bool connected;              /* connect succeeded */
     bool closing;                /* uv_close started */
     bool idle;                   /* in the idle list */
+    bool reading;                /* uv_read_start is active */
 };
 
 struct tg_upstream {
@@ -215,15 +216,6 @@ static void on_idle_timer(uv_timer_t *t)
     uc_close(uc);
 }
 
-static void on_idle_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
-{
-    (void)buf;
-    struct tg_upconn *uc = s->data;
-    /* An idle connection must say nothing: EOF or stray bytes end it. */
-    if (nread != 0)
-        uc_close(uc);
-}
-
 static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
 {
     (void)h;
@@ -232,22 +224,45 @@ static void on_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf)
     *buf = uv_buf_init(rbuf, sizeof(rbuf));
 }
 
+/* Keep the socket readable for its whole life: one epoll registration. */
+static void uc_read_start(struct tg_upconn *uc)
+{
+    if (!uc->reading && !uc->closing &&
+        uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_up_read) == 0)
+        uc->reading = true;
+}
+
+static void uc_read_stop(struct tg_upconn *uc)
+{
+    if (uc->reading && !uc->closing) {
+        uv_read_stop((uv_stream_t *)&uc->tcp);
+        uc->reading = false;
+    }
+}
+
+
 /* Return a connection whose exchange finished cleanly. */
 static void uc_release(struct tg_upconn *uc, uint32_t max_idle)
 {
     uc->u = NULL;
     if (uc->closing)
         return;
-    if (uc->pool->w->draining || uc->ps->nidle >= max_idle) {
+    if (uc->pool->w->draining || max_idle == 0) {
         uc_close(uc);
         return;
     }
+    /* Past max_idle_connections a connection lingers for at most a second:
+     * bursts reuse it instead of reconnecting, and the pool shrinks back to
+     * the configured size soon after. */
+    uint64_t linger = uc->idle_timeout_ms;
+    if (uc->ps->nidle >= max_idle && linger > 1000)
+        linger = 1000;
     uc->idle = true;
     uc->next_idle = uc->ps->idle;
     uc->ps->idle = uc;
     uc->ps->nidle++;
-    uv_read_start((uv_stream_t *)&uc->tcp, on_alloc, on_idle_read);
-    uv_timer_start(&uc->timer, on_idle_timer, uc->idle_timeout_ms, 0);
+    uc_read_start(uc); /* an idle connection that speaks or closes is dropped */
+    uv_timer_start(&uc->timer, on_idle_timer, linger, 0);
 }
 
 /* --- exchange ---------------------------------------------------------------- */
@@ -267,7 +282,6 @@ static void u_finish(struct tg_upstream *u, bool reusable)
     if (uc) {
         uv_timer_stop(&uc->timer);
         if (reusable && !uc->closing) {
-            uv_read_stop((uv_stream_t *)&uc->tcp);
             uc_release(uc, u->cfg->max_idle_connections);
         } else {
             uc_close(uc);
@@ -514,7 +528,7 @@ static void send_request(struct tg_upstream *u)
     u->head_written = true;
     llhttp_init(&u->parser, HTTP_RESPONSE, u->settings);
     u->parser.data = u;
-    uv_read_start((uv_stream_t *)&u->uc->tcp, on_alloc, on_up_read);
+    uc_read_start(u->uc);
     uv_timer_start(&u->uc->timer, on_first_byte_timeout, u->cfg->first_byte_timeout_ms,
                    u->cfg->first_byte_timeout_ms);
     pump_body(u);
@@ -646,10 +660,13 @@ static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     struct tg_upconn *uc = s->data;
     struct tg_upstream *u = uc->u;
-    if (!u || uc->closing)
+    if (uc->closing || nread == 0)
         return;
-    if (nread == 0)
+    if (!u) {
+        /* Idle (or between exchanges): EOF or stray bytes end the connection. */
+        uc_close(uc);
         return;
+    }
     if (nread < 0) {
         if (nread == UV_EOF && u->got_head && llhttp_message_needs_eof(&u->parser)) {
             llhttp_errno_t e = llhttp_finish(&u->parser);
@@ -682,7 +699,7 @@ static void on_up_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     if (u->req && !u->paused && tg_req_client_congested(u->req)) {
         u->paused = true;
-        uv_read_stop((uv_stream_t *)&uc->tcp);
+        uc_read_stop(uc);
         uv_timer_stop(&uc->timer);
     }
 }
@@ -692,7 +709,7 @@ void tg_upstream_resume(struct tg_upstream *u)
     if (!u->paused || !u->uc || u->uc->closing)
         return;
     u->paused = false;
-    uv_read_start((uv_stream_t *)&u->uc->tcp, on_alloc, on_up_read);
+    uc_read_start(u->uc);
     uv_timer_start(&u->uc->timer, on_first_byte_timeout, u->cfg->first_byte_timeout_ms,
                    u->cfg->first_byte_timeout_ms);
 }
@@ -751,7 +768,6 @@ static void try_server(struct tg_upstream *u)
         struct tg_upconn *uc = ps->idle;
         uc_unlink_idle(uc);
         uv_timer_stop(&uc->timer);
-        uv_read_stop((uv_stream_t *)&uc->tcp);
         uc->u = u;
         uc->gen++;
         u->uc = uc;

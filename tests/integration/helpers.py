@@ -225,6 +225,7 @@ class H2Client:
         self.goaway = None  # error code of a GOAWAY
         self.server_settings = {}
         self.closed = False
+        self.inbuf = b""
         self.flush()
 
     def flush(self):
@@ -289,11 +290,25 @@ class H2Client:
             self.closed = True
             return False
         now = time.monotonic()
-        try:
-            events = self.conn.receive_data(d)
-        except h2.exceptions.ProtocolError:
-            self.closed = True
-            return False
+        self.inbuf += d
+        events = []
+        # Feed whole frames one at a time: python-h2 treats any GOAWAY as the end
+        # of the connection and rejects later frames, but after a graceful
+        # GOAWAY (NO_ERROR) a server still finishes the streams it accepted.
+        while len(self.inbuf) >= 9:
+            n = 9 + int.from_bytes(self.inbuf[:3], "big")
+            if len(self.inbuf) < n:
+                break
+            frame, self.inbuf = self.inbuf[:n], self.inbuf[n:]
+            try:
+                evs = self.conn.receive_data(frame)
+            except h2.exceptions.ProtocolError:
+                self.closed = True
+                return False
+            for ev in evs:
+                if isinstance(ev, h2.events.ConnectionTerminated) and ev.error_code == 0:
+                    self.conn.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+            events.extend(evs)
         for ev in events:
             sid = getattr(ev, "stream_id", None)
             st = self.streams.get(sid) if sid else None

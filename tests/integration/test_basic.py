@@ -169,3 +169,43 @@ def test_request_body_integrity_1mib(tollgate, mib_file, mode):
     j = json.loads(body)
     assert j["body_bytes"] == 1024 * 1024
     assert j["body_sha256"] == digest
+
+
+def test_pipelined_requests_answered_in_order(tollgate, fresh_demo):
+    c = H1Conn(tollgate.port())
+    try:
+        c.send(b"".join(b"GET /echo/%d HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n" % i
+                        for i in range(3)))
+        paths = []
+        for _ in range(3):
+            status, hdrs = c.read_head()[:2]
+            assert status == 200
+            paths.append(json.loads(c.read_body(status, hdrs))["path"])
+    finally:
+        c.close()
+    assert paths == ["/echo/0", "/echo/1", "/echo/2"]
+
+
+def test_head_request_has_no_body(tollgate):
+    c = H1Conn(tollgate.port())
+    try:
+        status, hdrs, body = c.request("HEAD", "/healthz")
+        assert status == 200 and body == b""
+        # The connection is still in sync: a GET right after works.
+        status, _, body = c.request("GET", "/healthz")
+        assert status == 200 and body == b"ok"
+    finally:
+        c.close()
+
+
+def test_upstream_connections_reused(tollgate, fresh_demo):
+    """Sequential requests share one pooled upstream connection."""
+    c = H1Conn(tollgate.port())
+    try:
+        for _ in range(10):
+            assert c.request("GET", "/healthz")[0] == 200
+    finally:
+        c.close()
+    st = fresh_demo.stats()
+    assert st["requests"] == 10
+    assert st["connections"] == 2, st  # one from tollgate, one for this stats call
