@@ -58,6 +58,7 @@ void tg_conn_close(struct tg_conn *c)
         return;
     c->closing = true;
     tg_worker_cancel(c->worker, &c->flush);
+    tg_worker_cancel(c->worker, &c->written);
     /* Unlink now so a drain never visits a closing conn. */
     if (c->prev)
         c->prev->next = c->next;
@@ -95,6 +96,20 @@ static void on_write(uv_write_t *wr, int status)
         c->sess_ops->on_written(c);
 }
 
+/* A write completed synchronously: tell the session from the check phase. */
+static void on_written_deferred(struct tg_defer *d)
+{
+    struct tg_conn *c = tg_container_of(d, struct tg_conn, written);
+    if (c->closing)
+        return;
+    if (c->close_after_write && tg_conn_pending(c) == 0) {
+        tg_conn_close(c);
+        return;
+    }
+    if (c->sess_ops && c->sess_ops->on_written)
+        c->sess_ops->on_written(c);
+}
+
 /* Hand everything queued to the kernel in one uv_write. */
 static int flush_now(struct tg_conn *c)
 {
@@ -123,6 +138,25 @@ static int flush_now(struct tg_conn *c)
         c->out.base = NULL;
         c->out.len = c->out.cap = 0;
     }
+    /* Try the socket directly first: a write the kernel takes whole needs no
+     * request, no completion callback and no epoll_ctl (libuv re-arms the
+     * watcher each time a queued write drains). */
+    uv_buf_t b = uv_buf_init(data, (unsigned)len);
+    int done = uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (done == (int)len) {
+        tg_mem_free(data);
+        if (c->sess_ops && c->sess_ops->on_written)
+            tg_worker_defer(c->worker, &c->written, NULL);
+        return 0;
+    }
+    if (done > 0) {
+        memmove(data, data + done, len - (size_t)done);
+        len -= (size_t)done;
+        b = uv_buf_init(data, (unsigned)len);
+    } else if (done != UV_EAGAIN && done != UV_ENOSYS) {
+        tg_mem_free(data);
+        return done;
+    }
     struct write_req *r = tg_mem_malloc(sizeof(*r));
     if (!r) {
         tg_mem_free(data);
@@ -131,7 +165,6 @@ static int flush_now(struct tg_conn *c)
     r->data = data;
     r->len = len;
     r->req.data = c;
-    uv_buf_t b = uv_buf_init(data, (unsigned)len);
     int rv = uv_write(&r->req, (uv_stream_t *)&c->tcp, &b, 1, on_write);
     if (rv < 0) {
         tg_mem_free(data);
@@ -415,6 +448,7 @@ int tg_conn_accept(struct tg_worker *w, struct tg_listener *l, uv_stream_t *serv
      * high-water marks long before it. */
     tg_buf_init(&c->out, 64u * 1024u * 1024u);
     c->flush.fn = on_flush;
+    c->written.fn = on_written_deferred;
     /* Link first so tg_conn_close can unlink on every path. */
     c->next = w->conns;
     if (w->conns)

@@ -47,6 +47,7 @@ struct tg_conn {
     size_t sniff_len;                   /* bytes in sniff */
     struct tg_buf out;                  /* plaintext bytes waiting for the deferred flush */
     struct tg_defer flush;              /* the deferred flush */
+    struct tg_defer written;            /* on_written after a synchronous write */
     size_t inflight;                    /* bytes handed to uv_write, not yet written */
     bool reading;                       /* uv_read_start is active */
     bool want_read;                     /* the session wants bytes (not paused) */

@@ -375,6 +375,31 @@ static void on_up_write(uv_write_t *wr, int status)
 static int up_write(struct tg_upstream *u, uv_buf_t *bufs, unsigned n, struct tg_chunk *chunk,
                     char *head, size_t credit)
 {
+    /* Most writes go out whole at once: no request, no callback, no epoll_ctl. */
+    size_t total = 0;
+    for (unsigned i = 0; i < n; i++)
+        total += bufs[i].len;
+    int done = uv_try_write((uv_stream_t *)&u->uc->tcp, bufs, n);
+    if (done == (int)total) {
+        tg_mem_free(chunk);
+        tg_mem_free(head);
+        if (credit && u->req && u->req->sess_ops->body_consumed)
+            u->req->sess_ops->body_consumed(u->req, credit);
+        return 0;
+    }
+    if (done < 0 && done != UV_EAGAIN && done != UV_ENOSYS)
+        return done;
+    if (done > 0) {
+        /* Skip what the kernel took; the rest is queued below. */
+        size_t skip = (size_t)done;
+        unsigned k = 0;
+        while (k < n && skip >= bufs[k].len)
+            skip -= bufs[k++].len;
+        bufs += k;
+        n -= k;
+        bufs[0].base += skip;
+        bufs[0].len -= skip;
+    }
     struct up_write *w = tg_mem_calloc(1, sizeof(*w));
     if (!w)
         return TG_E_NOMEM;
