@@ -188,6 +188,8 @@ static void pump_body(struct tg_req *req)
 
 int tg_req_body(struct tg_req *req, const char *p, size_t n, bool end)
 {
+    if (end)
+        req->body_in_end = true; /* the client finished, whatever happens to the bytes */
     if (req->replied || req->aborted) {
         if (n && req->sess_ops->body_consumed)
             req->sess_ops->body_consumed(req, n);
@@ -208,8 +210,6 @@ int tg_req_body(struct tg_req *req, const char *p, size_t n, bool end)
             return TG_E_NOMEM;
         }
     }
-    if (end)
-        req->body_in_end = true;
     if (req->headers_done)
         pump_body(req);
     return 0;
