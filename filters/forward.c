@@ -1,6 +1,8 @@
 /*
  * RFC 9110 §7.6.1: a proxy removes every field named in Connection, then the
- * hop-by-hop fields themselves, and only then adds its own.  Fields that
+ * hop-by-hop fields themselves, and only then adds its own.  Client
+ * credentials (Authorization, x-api-key) are never forwarded; the upstream's
+ * own token from authorization_env is sent instead when configured.  Fields that
  * tollgate asserts (x-tollgate-*, x-forwarded-*) are removed from the client's
  * request first so a client can never pre-set them.
  */
@@ -75,8 +77,8 @@ static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_r
         if (has_prefix(n, "x-tollgate-") || has_prefix(n, "x-forwarded-") ||
             tg_iov_eq(n, TG_IOV_LIT("x-request-id")) || tg_iov_eq(n, TG_IOV_LIT("forwarded")))
             continue;
-        if (req->route && req->route->upstream->authorization &&
-            tg_iov_eq(n, TG_IOV_LIT("authorization")))
+        /* Client credentials never reach the model server (SPEC §5). */
+        if (tg_iov_eq(n, TG_IOV_LIT("authorization")) || tg_iov_eq(n, TG_IOV_LIT("x-api-key")))
             continue;
         l->v[out++] = l->v[i];
     }

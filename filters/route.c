@@ -2,11 +2,18 @@
 
 #include "config/config.h"
 #include "filters/filters.h"
+#include "proxy/headers.h"
 #include "proxy/req.h"
 
 static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_req *req)
 {
     (void)f;
+    if (!tg_path_is_normal(req->path)) {
+        tg_req_reply_error(req, 400, "invalid_request",
+                           "the request path has dot-segments or encoded separators",
+                           "limits.invalid_request");
+        return TG_FILTER_REPLIED;
+    }
     const char *q = memchr(req->path.base, '?', req->path.len);
     size_t len = q ? (size_t)(q - req->path.base) : req->path.len;
     req->route = tg_config_route_match(req->cfg, req->path.base, len);

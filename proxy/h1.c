@@ -86,7 +86,7 @@ static const char *reason_phrase(int status)
 static void raw_error(struct h1_sess *s, int status, const char *code, const char *msg)
 {
     char body[256], head[256];
-    const char *type = status >= 500 ? "server_error" : "invalid_request_error";
+    const char *type = status == 503 ? "server_error" : "invalid_request_error";
     int bn = snprintf(body, sizeof(body),
                       "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"code\":\"%s\"}}\n", msg,
                       type, code);
@@ -235,7 +235,7 @@ static void on_finish(struct tg_defer *d)
     struct tg_req *req = s->req;
     if (!req || !req->resp_end_sent || s->state == H1_CLOSED)
         return;
-    if (s->state != H1_DONE_READING) {
+    if (s->state != H1_DONE_READING || !req->body_in_end) {
         /* Answered before the request body was read: the framing is lost. */
         s->keep_alive = false;
     }
@@ -314,6 +314,17 @@ static void read_body(struct h1_sess *s)
             return;
     }
     tg_buf_consume(&s->in, used);
+    if (req->replied && !end) {
+        /* Answered (413, 4xx) while the body still comes: do not read and
+         * discard an unbounded body; close once the answer is out. */
+        s->keep_alive = false;
+        s->state = H1_DONE_READING;
+        s->in.len = 0;
+        tg_conn_read_stop(s->conn);
+        tg_conn_timer_stop(s->conn);
+        tg_worker_defer(s->conn->worker, &s->finish, NULL);
+        return;
+    }
     if (end) {
         if (s->body_chunked)
             tg_req_body(req, NULL, 0, true);
@@ -501,7 +512,18 @@ static void on_eof(struct tg_conn *c, int err)
 static void on_written(struct tg_conn *c)
 {
     struct h1_sess *s = c->sess;
-    if (s->req && tg_conn_pending(c) < TG_REQ_RESP_LOW_WATER)
+    if (!s->req || s->state == H1_CLOSED)
+        return;
+    size_t pending = tg_conn_pending(c);
+    if (s->state == H1_DONE_READING) {
+        /* Writing the response: a client that stops reading for
+         * idle_timeout_ms is dropped (progress re-arms the timer). */
+        if (pending > 0)
+            tg_conn_timer(c, s->cfg->limits.idle_timeout_ms);
+        else
+            tg_conn_timer_stop(c);
+    }
+    if (pending < TG_REQ_RESP_LOW_WATER)
         tg_req_client_drained(s->req);
 }
 
@@ -513,14 +535,24 @@ static void on_timer(struct tg_conn *c)
         return;
     }
     if (s->state == H1_BODY && s->req && !s->req->resp_head_sent) {
+        /* Answer first (send_head needs the session open), then close. */
         s->keep_alive = false;
-        s->state = H1_CLOSED;
+        tg_conn_read_stop(c);
         tg_req_reply_error(s->req, 408, "request_timeout", "request body not received in time",
                            "limits.body_timeout");
+        s->state = H1_CLOSED;
         tg_conn_close_after_write(c);
         return;
     }
-    /* Idle keep-alive, header timeout with no byte, or a stalled body after the head. */
+    if (s->req && s->req->resp_head_sent && !s->req->resp_end_sent &&
+        tg_conn_pending(c) > 0) {
+        /* The client stopped reading the response for idle_timeout_ms. */
+        tg_log_debug("h1", "client %s stopped reading; closing", c->peer_ip);
+        if (!s->req->outcome.reason)
+            s->req->outcome.reason = "client.stalled";
+    }
+    /* Idle keep-alive, header timeout with no byte, a stalled body after the
+     * head, or a client that stopped reading. */
     on_eof(c, TG_E_TIMEOUT);
     tg_conn_close(c);
 }

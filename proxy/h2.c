@@ -50,6 +50,9 @@ struct h2_stream {
     bool have_method, have_path, have_scheme; /* pseudo-headers seen */
     struct tg_iov host;         /* host field if sent */
     size_t unconsumed;          /* DATA bytes received and not yet consumed */
+    uint64_t began_ms;          /* loop time of the first HEADERS frame */
+    uint64_t last_rx_ms;        /* loop time of the last request DATA */
+    uint64_t last_tx_ms;        /* loop time the client last took response bytes */
     struct h2_stream *prev, *next; /* session's list of live streams */
 };
 
@@ -66,6 +69,8 @@ struct h2_sess {
     unsigned closed_streams;    /* streams closed so far */
     unsigned premature;         /* closed by the peer before our response head */
     struct h2_stream *streams;  /* live streams (for teardown) */
+    uint64_t last_write_ms;     /* loop time the socket last made progress */
+    bool sweeping;              /* the timer is the per-stream sweep */
 };
 
 static void link_stream(struct h2_sess *s, struct h2_stream *st)
@@ -93,16 +98,41 @@ static void schedule_flush(struct h2_sess *s)
         tg_worker_defer(s->conn->worker, &s->flush, NULL);
 }
 
+static uint64_t now_ms(struct h2_sess *s)
+{
+    return uv_now(&s->conn->worker->loop);
+}
+
+/*
+ * One timer per connection: the idle timeout while no stream is open, else a
+ * sweep every `tick` that applies the per-stream timeouts (see on_timer).
+ */
 static void update_timer(struct h2_sess *s)
 {
     if (s->dead)
         return;
-    if (!s->got_settings)
+    if (!s->got_settings && s->nstreams == 0)
         return; /* the header timeout armed at accept still runs */
-    if (s->nstreams == 0)
+    if (s->nstreams == 0) {
+        s->sweeping = false;
         tg_conn_timer(s->conn, s->cfg->limits.idle_timeout_ms);
-    else
-        tg_conn_timer_stop(s->conn);
+        return;
+    }
+    if (s->sweeping)
+        return;
+    const struct tg_cfg_limits *l = &s->cfg->limits;
+    uint64_t tick = l->header_timeout_ms;
+    if (l->body_timeout_ms < tick)
+        tick = l->body_timeout_ms;
+    if (l->idle_timeout_ms < tick)
+        tick = l->idle_timeout_ms;
+    tick /= 4;
+    if (tick > 1000)
+        tick = 1000;
+    if (tick < 20)
+        tick = 20;
+    s->sweeping = true;
+    tg_conn_timer(s->conn, tick);
 }
 
 /* Send what nghttp2 has, until the socket's queue is full. */
@@ -112,6 +142,8 @@ static void flush(struct h2_sess *s)
         return;
     char buf[65536];
     size_t used = 0;
+    if (tg_conn_pending(s->conn) == 0)
+        s->last_write_ms = now_ms(s);
     while (tg_conn_pending(s->conn) < H2_SEND_HIGH_WATER) {
         const uint8_t *data;
         ssize_t n = nghttp2_session_mem_send(s->ng, &data);
@@ -176,6 +208,7 @@ static ssize_t read_data(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
         st->deferred = true;
         return NGHTTP2_ERR_DEFERRED;
     }
+    st->last_tx_ms = now_ms(st->s);
     if (st->req && st->out.bytes < TG_REQ_RESP_LOW_WATER)
         tg_req_client_drained(st->req);
     return (ssize_t)n;
@@ -218,6 +251,8 @@ static int send_data(struct tg_req *req, const char *p, size_t n, bool end)
     struct h2_sess *s = st->s;
     if (s->dead)
         return TG_E_CLOSED;
+    if (st->out.bytes == 0)
+        st->last_tx_ms = now_ms(s); /* the stall clock starts when bytes wait */
     if (n && tg_bufq_push(&st->out, p, n) != 0)
         return TG_E_NOMEM;
     if (end)
@@ -283,6 +318,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
     st->s = s;
     st->id = frame->hd.stream_id;
+    st->began_ms = st->last_rx_ms = st->last_tx_ms = now_ms(s);
     tg_bufq_init(&st->out);
     st->req = tg_req_new(s->conn->worker, s->conn->worker->cfg, &req_ops, st);
     if (!st->req) {
@@ -357,6 +393,23 @@ static int on_header(nghttp2_session *ng, const nghttp2_frame *frame, const uint
     }
     if (tg_iov_eq(n, TG_IOV_LIT("te")))
         return 0; /* only "trailers" gets here, and it is hop-by-hop */
+    if (tg_iov_eq(n, TG_IOV_LIT("cookie"))) {
+        /* RFC 9113 §8.2.3: crumbs are joined with "; " for HTTP/1.1. */
+        for (size_t i = 0; i < req->headers.n; i++) {
+            struct tg_header *h = &req->headers.v[i];
+            if (!tg_iov_eq(h->name, TG_IOV_LIT("cookie")))
+                continue;
+            char *j = tg_arena_alloc(a, h->value.len + 2 + valuelen + 1);
+            if (!j)
+                return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
+            memcpy(j, h->value.base, h->value.len);
+            memcpy(j + h->value.len, "; ", 2);
+            memcpy(j + h->value.len + 2, value, valuelen);
+            j[h->value.len + 2 + valuelen] = '\0';
+            h->value = tg_iov_make(j, h->value.len + 2 + valuelen);
+            return 0;
+        }
+    }
     if (tg_hlist_add(&req->headers, a, n, v) != 0) {
         st->bad_status = 431;
         st->bad_why = "too many request header fields";
@@ -441,6 +494,7 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
         return 0;
     }
     st->unconsumed += len;
+    st->last_rx_ms = now_ms(s);
     tg_req_body(st->req, (const char *)data, len, false);
     return 0;
 }
@@ -512,8 +566,10 @@ static void on_read(struct tg_conn *c, const char *p, size_t n)
         tg_log_debug("h2", "closing connection from %s: %s", c->peer_ip,
                      nghttp2_strerror((int)r));
         if (r != NGHTTP2_ERR_BAD_CLIENT_MAGIC)
-            nghttp2_session_terminate_session(
-                s->ng, r == NGHTTP2_ERR_FLOODED ? NGHTTP2_ENHANCE_YOUR_CALM : NGHTTP2_PROTOCOL_ERROR);
+            nghttp2_session_terminate_session(s->ng, (r == NGHTTP2_ERR_FLOODED ||
+                                                      r == NGHTTP2_ERR_TOO_MANY_CONTINUATIONS)
+                                                         ? NGHTTP2_ENHANCE_YOUR_CALM
+                                                         : NGHTTP2_PROTOCOL_ERROR);
         flush(s);
         s->dead = true;
         tg_conn_close_after_write(c);
@@ -532,8 +588,17 @@ static void on_eof(struct tg_conn *c, int err)
 static void on_written(struct tg_conn *c)
 {
     struct h2_sess *s = c->sess;
+    s->last_write_ms = now_ms(s);
     if (!s->dead && (nghttp2_session_want_write(s->ng) || tg_conn_pending(s->conn) == 0))
         schedule_flush(s);
+}
+
+static void terminate(struct h2_sess *s, uint32_t code)
+{
+    nghttp2_session_terminate_session(s->ng, code);
+    flush(s);
+    s->dead = true;
+    tg_conn_close_after_write(s->conn);
 }
 
 static void on_timer(struct tg_conn *c)
@@ -541,11 +606,52 @@ static void on_timer(struct tg_conn *c)
     struct h2_sess *s = c->sess;
     if (s->dead)
         return;
-    /* Header timeout (no preface/SETTINGS in time) or idle connection. */
-    nghttp2_session_terminate_session(s->ng, NGHTTP2_NO_ERROR);
-    flush(s);
-    s->dead = true;
-    tg_conn_close_after_write(c);
+    if (s->nstreams == 0) {
+        /* Header timeout (no preface/SETTINGS in time) or idle connection. */
+        terminate(s, NGHTTP2_NO_ERROR);
+        return;
+    }
+    const struct tg_cfg_limits *l = &s->cfg->limits;
+    uint64_t now = now_ms(s);
+    if (tg_conn_pending(c) > 0 && now - s->last_write_ms >= l->idle_timeout_ms) {
+        /* The client stopped reading the connection altogether. */
+        tg_log_debug("h2", "client %s stopped reading; closing", c->peer_ip);
+        on_eof(c, TG_E_TIMEOUT);
+        tg_conn_close(c);
+        return;
+    }
+    for (struct h2_stream *st = s->streams, *next; st; st = next) {
+        next = st->next;
+        struct tg_req *req = st->req;
+        if (!st->started) {
+            if (now - st->began_ms >= l->header_timeout_ms) {
+                /* HEADERS without END_HEADERS, then silence (slow CONTINUATION). */
+                terminate(s, NGHTTP2_ENHANCE_YOUR_CALM);
+                return;
+            }
+            continue;
+        }
+        if (!req)
+            continue;
+        if (req->has_body && !req->body_in_end && !req->replied &&
+            now - st->last_rx_ms >= l->body_timeout_ms) {
+            if (!req->resp_head_sent)
+                tg_req_reply_error(req, 408, "request_timeout",
+                                   "request body not received in time", "limits.body_timeout");
+            else
+                nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+            continue;
+        }
+        if (st->head_sent && st->out.bytes > 0 && now - st->last_tx_ms >= l->idle_timeout_ms) {
+            /* Response bytes wait and the client's window stays shut. */
+            if (!req->outcome.reason)
+                req->outcome.reason = "client.stalled";
+            nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_CANCEL);
+        }
+    }
+    schedule_flush(s);
+    s->sweeping = false;
+    update_timer(s);
 }
 
 static void on_drain(struct tg_conn *c)
@@ -635,6 +741,7 @@ int tg_h2_attach(struct tg_conn *c, int h2c)
     s->cfg = tg_config_ref(c->worker->cfg);
     s->h2c = h2c != 0;
     s->flush.fn = on_flush;
+    s->last_write_ms = uv_now(&c->worker->loop);
     if (nghttp2_session_server_new2(&s->ng, callbacks, s, options) != 0) {
         tg_config_unref(s->cfg);
         tg_mem_free(s);

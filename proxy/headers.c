@@ -280,3 +280,30 @@ void tg_lowercase(char *dst, const char *src, size_t n)
     for (size_t i = 0; i < n; i++)
         dst[i] = lower(src[i]);
 }
+
+bool tg_path_is_normal(struct tg_iov target)
+{
+    size_t end = 0;
+    while (end < target.len && target.base[end] != '?')
+        end++;
+    const char *p = target.base;
+    for (size_t i = 0; i < end; i++) {
+        char ch = p[i];
+        if (ch == '\\')
+            return false;
+        if (ch == '%' && i + 2 < end) {
+            char a = p[i + 1], b = (char)(p[i + 2] | 0x20);
+            if ((a == '2' && (b == 'e' || b == 'f')) || (a == '5' && b == 'c'))
+                return false;
+        }
+        if (ch == '/' && i + 1 < end && p[i + 1] == '.') {
+            /* "/." or "/.." followed by the end or '/': a dot segment. */
+            size_t j = i + 2;
+            if (j < end && p[j] == '.')
+                j++;
+            if (j == end || p[j] == '/')
+                return false;
+        }
+    }
+    return true;
+}

@@ -61,6 +61,15 @@ bool tg_token_list_has(struct tg_iov list, struct tg_iov name);
  * [A-Za-z0-9._:-].
  */
 bool tg_request_id_sane(struct tg_iov id);
+/*
+ * True when the path part of target (up to '?') is in a form every server
+ * reads the same way: no "." or ".." segment, no backslash, and no
+ * percent-encoded '.', '/' or '\\' (%2e %2f %5c, any case).  Routing
+ * matches the raw path, so a path an upstream would normalise differently
+ * ("/open/../admin") could reach a route it does not match; such paths are
+ * refused instead.
+ */
+bool tg_path_is_normal(struct tg_iov target);
 /* Lowercase n ASCII bytes from src into dst (may alias). */
 void tg_lowercase(char *dst, const char *src, size_t n);
 

@@ -39,7 +39,16 @@ static void on_connection(uv_stream_t *server, int status)
         uv_tcp_init(&w->loop, t);
         uv_accept(server, (uv_stream_t *)t);
         uv_close((uv_handle_t *)t, (uv_close_cb)tg_mem_free);
-        tg_log_warn("listener", "%s: max_connections reached; connection closed", l->name);
+        /* At most one line per second per worker: an attack must not flood the log. */
+        static _Thread_local uint64_t last_log, refused;
+        refused++;
+        uint64_t now = uv_now(&w->loop);
+        if (now - last_log >= 1000) {
+            tg_log_warn("listener", "%s: max_connections reached; %llu connection(s) refused",
+                        l->name, (unsigned long long)refused);
+            last_log = now;
+            refused = 0;
+        }
         return;
     }
     int rv = tg_conn_accept(w, l, server);

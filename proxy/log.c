@@ -128,11 +128,20 @@ static void *writer_main(void *arg)
         }
         bool stop = L.stopping && L.count == 0 && n == 0;
         int fd = L.fd;
+        unsigned long lost = L.dropped - L.dropped_reported;
+        L.dropped_reported = L.dropped;
         pthread_mutex_unlock(&L.mu);
         if (stop)
             break;
         for (unsigned i = 0; i < n; i++)
             write_all(fd, local[i].text, local[i].len);
+        if (lost) {
+            char note[128];
+            int k = snprintf(note, sizeof(note),
+                             "log: %lu line(s) dropped because the log queue was full\n", lost);
+            if (k > 0)
+                write_all(fd, note, (size_t)k);
+        }
         pthread_mutex_lock(&L.mu);
     }
     free(local);

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "proxy/mem.h"
+#include "proxy/tls.h"
 
 #include "config/config.h"
 #include "proxy/server.h"
@@ -51,6 +52,21 @@ int main(int argc, char **argv)
         if (!c) {
             fprintf(stderr, "tollgate: %s\n", err);
             return 1;
+        }
+        /* Load every certificate and key as the server would, so a broken
+         * PEM fails here and not at startup or reload. */
+        for (size_t i = 0; i < c->nlisteners; i++) {
+            if (!c->listeners[i].tls)
+                continue;
+            char terr[512];
+            SSL_CTX *ctx = tg_tls_ctx_new(c->listeners[i].tls, c->listeners[i].protocols, terr,
+                                          sizeof(terr));
+            if (!ctx) {
+                fprintf(stderr, "tollgate: %s: listeners[%zu].tls: %s\n", c->path, i, terr);
+                tg_config_unref(c);
+                return 1;
+            }
+            SSL_CTX_free(ctx);
         }
         printf("%s: configuration OK (sha256 %s)\n", c->path, c->sha256_hex);
         tg_config_unref(c);

@@ -93,6 +93,7 @@ struct tg_req {
     bool headers_done;                     /* the request-header phase finished */
     bool in_chain;                         /* re-entrancy guard for the chain */
     void (*on_chain_done)(struct tg_req *req); /* called at the chain's end (upstream start) */
+    struct tg_defer *start_defer;          /* pending deferred upstream start, or NULL */
 
     /* Request body. */
     struct tg_bufq body_in;                /* received, not yet through the data filters */

@@ -10,8 +10,45 @@
 #include "proxy/filter.h"
 #include "proxy/log.h"
 #include "proxy/upstream.h"
+#include "proxy/worker.h"
 
 static atomic_uint_fast64_t next_id = 1;
+
+struct start_defer {
+    struct tg_defer d;   /* queued on the worker */
+    struct tg_req *req;  /* the request to start */
+};
+
+static void on_start(struct tg_defer *d)
+{
+    struct start_defer *sd = tg_container_of(d, struct start_defer, d);
+    struct tg_req *req = sd->req;
+    req->start_defer = NULL;
+    if (!req->replied && !req->aborted)
+        tg_upstream_start(req);
+}
+
+/*
+ * The chain's end: the upstream exchange starts from the worker's check
+ * phase, after the current read was processed whole, so a stream that the
+ * same packet already reset (rapid reset, THREATS §1.3) never costs an
+ * upstream connection.
+ */
+static void start_upstream(struct tg_req *req)
+{
+    if (!req->worker) {
+        tg_upstream_start(req);
+        return;
+    }
+    struct start_defer *sd = tg_arena_calloc(&req->arena, sizeof(*sd));
+    if (!sd) {
+        tg_req_reply_error(req, 503, "unavailable", "out of memory", "server.nomem");
+        return;
+    }
+    sd->req = req;
+    req->start_defer = &sd->d;
+    tg_worker_defer(req->worker, &sd->d, on_start);
+}
 
 struct tg_req *tg_req_new(struct tg_worker *w, struct tg_config *cfg,
                           const struct tg_req_sess_ops *ops, void *sess)
@@ -29,7 +66,7 @@ struct tg_req *tg_req_new(struct tg_worker *w, struct tg_config *cfg,
     req->content_length = -1;
     req->resp_content_length = -1;
     req->buffer_filter = -1;
-    req->on_chain_done = tg_upstream_start;
+    req->on_chain_done = start_upstream;
     tg_bufq_init(&req->body_in);
     tg_bufq_init(&req->body_out);
     tg_buf_init(&req->body_buffered, cfg->limits.max_body_bytes);
@@ -58,6 +95,10 @@ void tg_req_free(struct tg_req *req)
     }
     tg_req_complete(req);
     tg_filter_run_destroy(req);
+    if (req->start_defer) {
+        tg_worker_cancel(req->worker, req->start_defer);
+        req->start_defer = NULL;
+    }
     if (req->upstream) {
         struct tg_upstream *u = req->upstream;
         req->upstream = NULL;

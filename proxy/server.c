@@ -7,7 +7,10 @@
  */
 #include "proxy/server.h"
 
+#include <errno.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <string.h>
 #include <uv.h>
@@ -40,6 +43,31 @@ struct tg_config *tg_server_take_config(struct tg_server *s, unsigned i)
     return c;
 }
 
+/*
+ * Workers bind with SO_REUSEPORT, which would let a second tollgate (or a
+ * stale one) silently share a port.  A plain bind first, without the option,
+ * fails while any other socket holds the address.
+ */
+static int probe_listeners(const struct tg_config *c)
+{
+    for (size_t i = 0; i < c->nlisteners; i++) {
+        const struct tg_cfg_listener *l = &c->listeners[i];
+        int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        if (fd < 0)
+            return -errno;
+        int one = 1;
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+        int rv = bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) == 0 ? 0 : -errno;
+        close(fd);
+        if (rv < 0) {
+            fprintf(stderr, "tollgate: listener %s: cannot bind %s:%u: %s\n", l->name,
+                    l->address, l->port, strerror(-rv));
+            return rv;
+        }
+    }
+    return 0;
+}
+
 static bool same_listeners(const struct tg_config *a, const struct tg_config *b)
 {
     if (a->nlisteners != b->nlisteners)
@@ -63,6 +91,18 @@ static void reload(struct tg_server *s)
     }
     if (!same_listeners(s->cfg, next))
         tg_log_warn("server", "reload: listener changes take effect only after a restart");
+    if (strcmp(s->cfg->sha256_hex, next->sha256_hex) != 0) {
+        for (size_t i = 0; i < next->nlisteners; i++)
+            if (next->listeners[i].tls)
+                tg_log_warn("server", "reload: TLS certificates of listener %s are reloaded "
+                                      "only by a restart",
+                            next->listeners[i].name);
+    }
+    if (s->cfg->workers != next->workers)
+        tg_log_warn("server", "reload: \"workers\" changes take effect only after a restart");
+    if ((s->cfg->error_log_file == NULL) != (next->error_log_file == NULL) ||
+        (s->cfg->error_log_file && strcmp(s->cfg->error_log_file, next->error_log_file) != 0))
+        tg_log_warn("server", "reload: error_log.file changes take effect only after a restart");
     next->version = ++s->version;
     uv_mutex_lock(&s->mu);
     for (unsigned i = 0; i < s->nworkers; i++) {
@@ -117,6 +157,8 @@ int tg_server_run(const char *path)
         return 1;
     }
     s->cfg->version = s->version = 1;
+    if (probe_listeners(s->cfg) < 0)
+        goto out_cfg;
     s->path = tg_mem_strdup(s->cfg->path);
     signal(SIGPIPE, SIG_IGN);
     if (tg_log_start(s->cfg->error_log_file, (enum tg_log_level)s->cfg->error_log_level) < 0) {

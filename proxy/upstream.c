@@ -512,7 +512,7 @@ static void send_request(struct tg_upstream *u)
         if (req->authority.len)
             rv = tg_buf_append(&b, req->authority.base, req->authority.len);
         else
-            rv = tg_buf_appendf(&b, "%s:%u", srv->host, srv->port);
+            rv = tg_buf_append(&b, srv->text, strlen(srv->text)); /* [v6]:port kept */
     }
     rv = rv ? rv : tg_buf_append(&b, "\r\n", 2);
     for (size_t i = 0; !rv && i < req->headers.n; i++) {

@@ -267,9 +267,43 @@ static void test_lowercase(void **state)
     assert_memory_equal(out, "\xc3\x89", 2);
 }
 
+static void test_path_is_normal(void **state)
+{
+    (void)state;
+    static const struct {
+        const char *path;
+        bool normal;
+    } cases[] = {
+        {"/", true},
+        {"/v1/chat/completions", true},
+        {"/v1/x?a=../b", true},       /* the query is not part of the path */
+        {"/v1/.well-known/x", true},  /* a dot that starts a name is fine */
+        {"/v1/a..b", true},
+        {"/v1/..x", true},
+        {"/v1/%41", true},
+        {"/v1/../admin", false},
+        {"/v1/./x", false},
+        {"/v1/..", false},
+        {"/v1/.", false},
+        {"/v1/%2e%2e/admin", false},
+        {"/v1/%2E./admin", false},
+        {"/v1%2fadmin", false},
+        {"/v1%2Fadmin", false},
+        {"/v1/a%5cb", false},
+        {"/v1\\..\\admin", false},
+        {"/v1/x/..?q", false},
+    };
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct tg_iov v = {cases[i].path, strlen(cases[i].path)};
+        if (tg_path_is_normal(v) != cases[i].normal)
+            fail_msg("%s: expected %s", cases[i].path, cases[i].normal ? "normal" : "refused");
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_path_is_normal),
         cmocka_unit_test(test_name_valid),    cmocka_unit_test(test_value_valid),
         cmocka_unit_test(test_method_target), cmocka_unit_test(test_authority),
         cmocka_unit_test(test_hop_by_hop),    cmocka_unit_test(test_token_list),
