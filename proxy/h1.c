@@ -199,7 +199,11 @@ static void abort_resp(struct tg_req *req)
     /* Close without the terminating chunk, so the client sees a truncated stream. */
     struct h1_sess *s = sess_of(req);
     s->state = H1_CLOSED;
-    tg_conn_close(s->conn);
+    s->keep_alive = false;
+    tg_conn_read_stop(s->conn);
+    tg_conn_timer_stop(s->conn);
+    /* What was already relayed still goes out; the terminating chunk never does. */
+    tg_conn_close_after_write(s->conn);
 }
 
 static void body_consumed(struct tg_req *req, size_t n)

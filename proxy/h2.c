@@ -41,6 +41,9 @@ struct h2_stream {
     struct tg_bufq out;         /* response bytes waiting for the data provider */
     bool out_end;               /* the response end is in out */
     bool deferred;              /* the data provider returned DEFERRED */
+    bool abort_after_data;      /* reset (INTERNAL_ERROR) once out is drained */
+    uint64_t discarded;         /* request body bytes dropped after a local answer */
+    bool end_sent;              /* our END_STREAM has left */
     bool head_sent;             /* response HEADERS submitted */
     bool started;               /* tg_req_start ran */
     size_t hdr_bytes;           /* header list size so far (name+value+32) */
@@ -200,6 +203,8 @@ static ssize_t read_data(nghttp2_session *ng, int32_t id, uint8_t *buf, size_t l
     (void)ud;
     struct h2_stream *st = src->ptr;
     size_t n = tg_bufq_read(&st->out, buf, length);
+    if (n == 0 && st->abort_after_data)
+        return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE; /* nghttp2 resets: INTERNAL_ERROR */
     if (st->out.bytes == 0 && st->out_end) {
         *flags |= NGHTTP2_DATA_FLAG_EOF;
         return (ssize_t)n;
@@ -276,7 +281,18 @@ static void abort_resp(struct tg_req *req)
     struct h2_stream *st = req->sess;
     if (st->s->dead)
         return;
-    nghttp2_submit_rst_stream(st->s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+    if (st->head_sent && !st->out_end) {
+        /* Queue the reset behind what was relayed: an RST submitted now would
+         * make nghttp2 drop the queued HEADERS and DATA.  The data provider
+         * fails once the queue is empty, and nghttp2 resets the stream. */
+        st->abort_after_data = true;
+        if (st->deferred) {
+            st->deferred = false;
+            nghttp2_session_resume_data(st->s->ng, st->id);
+        }
+    } else {
+        nghttp2_submit_rst_stream(st->s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_INTERNAL_ERROR);
+    }
     schedule_flush(st->s);
 }
 
@@ -495,6 +511,14 @@ static int on_data_chunk(nghttp2_session *ng, uint8_t flags, int32_t id, const u
     }
     st->unconsumed += len;
     st->last_rx_ms = now_ms(s);
+    if (st->req->replied && st->end_sent) {
+        /* Answered before the body ended: the rest is read and dropped (some
+         * clients show no answer if the upload is reset), but only up to
+         * max_body_bytes; then RST_STREAM(NO_ERROR), RFC 9113 §8.1. */
+        st->discarded += len;
+        if (st->discarded > s->cfg->limits.max_body_bytes)
+            nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, id, NGHTTP2_NO_ERROR);
+    }
     tg_req_body(st->req, (const char *)data, len, false);
     return 0;
 }
@@ -536,21 +560,15 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     return 0;
 }
 
-/*
- * RFC 9113 §8.1: a server that answered before the request body ended sends
- * RST_STREAM(NO_ERROR) after its response, so the client stops uploading a
- * body nobody will read.  Done once our END_STREAM has left, so the response
- * is never cut by the reset.
- */
 static int on_frame_send(nghttp2_session *ng, const nghttp2_frame *frame, void *ud)
 {
     (void)ud;
-    if (!(frame->hd.flags & NGHTTP2_FLAG_END_STREAM) ||
-        (frame->hd.type != NGHTTP2_DATA && frame->hd.type != NGHTTP2_HEADERS))
-        return 0;
-    struct h2_stream *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
-    if (st && st->req && !st->req->body_in_end)
-        nghttp2_submit_rst_stream(ng, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_NO_ERROR);
+    if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) &&
+        (frame->hd.flags & NGHTTP2_FLAG_END_STREAM)) {
+        struct h2_stream *st = nghttp2_session_get_stream_user_data(ng, frame->hd.stream_id);
+        if (st)
+            st->end_sent = true;
+    }
     return 0;
 }
 

@@ -22,6 +22,7 @@ void tg_worker_defer(struct tg_worker *w, struct tg_defer *d, void (*fn)(struct 
         return;
     d->queued = true;
     d->next = NULL;
+    d->round = w->defer_round;
     if (w->defer_tail)
         w->defer_tail->next = d;
     else
@@ -51,12 +52,16 @@ void tg_worker_cancel(struct tg_worker *w, struct tg_defer *d)
 
 static void run_deferred(struct tg_worker *w)
 {
-    /* Calls queued while running go to the next round, so this always ends. */
-    struct tg_defer *list = w->defer_head;
-    w->defer_head = w->defer_tail = NULL;
-    while (list) {
-        struct tg_defer *d = list;
-        list = d->next;
+    /* Run what was queued before this round; calls queued meanwhile carry
+     * the new round number and wait, so this always ends.  Items stay on
+     * the worker's list until they run, so tg_worker_cancel() can remove one
+     * that an earlier call is about to free. */
+    uint64_t round = ++w->defer_round;
+    while (w->defer_head && w->defer_head->round < round) {
+        struct tg_defer *d = w->defer_head;
+        w->defer_head = d->next;
+        if (!w->defer_head)
+            w->defer_tail = NULL;
         d->next = NULL;
         d->queued = false;
         d->fn(d);

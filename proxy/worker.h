@@ -7,6 +7,7 @@
 #define TG_WORKER_H
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <uv.h>
 
 struct tg_config;
@@ -20,6 +21,7 @@ struct tg_defer {
     struct tg_defer *next;          /* queue link */
     void (*fn)(struct tg_defer *d); /* the call */
     bool queued;                    /* true while waiting */
+    uint64_t round;                 /* worker round in which it was queued */
 };
 
 struct tg_worker {
@@ -33,6 +35,7 @@ struct tg_worker {
     uv_timer_t grace;               /* shutdown grace period */
     struct tg_defer *defer_head;    /* deferred calls, FIFO */
     struct tg_defer *defer_tail;    /* last deferred call */
+    uint64_t defer_round;           /* incremented by each run of the queue */
     struct tg_config *cfg;          /* current snapshot (one reference) */
     struct tg_listener *listeners;  /* this worker's listening sockets */
     struct tg_conn *conns;          /* open client connections (doubly linked) */

@@ -91,15 +91,29 @@ class Tollgate:
         while (tmp_path / f"tollgate{n or ''}.json").exists():
             n += 1
         self.path = tmp_path / f"tollgate{n or ''}.json"
-        self.path.write_text(json.dumps(cfg, indent=2))
         self.log_path = tmp_path / f"tollgate{n or ''}.stderr"
-        self.log = open(self.log_path, "w")
         e = dict(os.environ)
         e.update(env or {})
-        self.proc = subprocess.Popen([TG_BIN, "-c", str(self.path)], stdout=self.log,
-                                     stderr=subprocess.STDOUT, env=e)
-        for lst in cfg["listeners"]:
-            wait_port(lst["port"], proc=self.proc)
+        for attempt in range(3):
+            self.path.write_text(json.dumps(cfg, indent=2))
+            self.log = open(self.log_path, "w")
+            self.proc = subprocess.Popen([TG_BIN, "-c", str(self.path)], stdout=self.log,
+                                         stderr=subprocess.STDOUT, env=e)
+            try:
+                for lst in cfg["listeners"]:
+                    wait_port(lst["port"], proc=self.proc)
+                return
+            except RuntimeError:
+                self.log.close()
+                # A port from free_port() can be taken (e.g. as a client's ephemeral
+                # port) before tollgate binds it: pick new ones and try again.
+                if attempt == 2 or "address already in use" not in self.stderr():
+                    raise RuntimeError(f"tollgate did not start:\n{self.stderr()}")
+                if self.proc.poll() is None:
+                    self.proc.kill()
+                self.proc.wait()
+                for lst in cfg["listeners"]:
+                    lst["port"] = free_port()
 
     @property
     def pid(self):

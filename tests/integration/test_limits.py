@@ -228,3 +228,19 @@ def test_max_concurrent_streams_advertised(start_tollgate, fresh_demo):
     finally:
         c.close()
     assert s.get(h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS) == 10, s
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["h2c", "h2-tls"])
+def test_max_body_bytes_413_h2_declared_length(start_tollgate, fresh_demo, tls):
+    """content-length over the limit: the 413 reaches the client (python-h2) and
+    the upstream is never asked."""
+    t = start_tollgate(limited(fresh_demo, max_body_bytes=1024))
+    c = H2Client(t.port("tls" if tls else "plain"), tls=tls)
+    try:
+        st = c.wait(c.request("POST", "/echo", headers=[("content-length", "2048")],
+                              body=BODY.encode()), timeout=10)
+    finally:
+        c.close()
+    assert_413(st.status, bytes(st.data))
+    assert st.ended
+    assert fresh_demo.stats()["requests"] == 0
