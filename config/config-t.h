@@ -107,6 +107,43 @@ struct tg_cfg_route {
     size_t npolicies;                /* count of policies */
 };
 
+struct tg_jwks;
+struct tg_keyring;
+
+/* auth.jwt[] */
+struct tg_cfg_jwt {
+    char *issuer;             /* required "iss" */
+    char **audiences;         /* accepted "aud" values */
+    size_t naudiences;        /* count (0: no audience check) */
+    char *jwks_file;          /* absolute path */
+    struct tg_jwks *jwks;     /* loaded key set (owned) */
+    unsigned algorithms;      /* bit (1u << enum tg_jwt_alg) per allowed alg */
+    char *principal_claim;    /* default "sub" */
+    char *tenant_claim;       /* or NULL */
+    char *policy_claim;       /* or NULL */
+    char *default_policy;     /* policy when the token has no policy claim, or NULL */
+    uint64_t leeway_ms;       /* default 30000 */
+};
+
+/* auth */
+struct tg_cfg_auth {
+    bool enabled;                      /* an "auth" block is present */
+    char *api_keys_file;               /* absolute path, or NULL */
+    struct tg_keyring *keyring;        /* loaded keys (owned), or NULL */
+    struct tg_cfg_jwt *jwt;            /* issuers */
+    size_t njwt;                       /* count */
+    unsigned char *pepper;             /* secret from api_key_pepper_env, or NULL */
+    size_t pepper_len;                 /* its length */
+    uint32_t failed_auth_per_minute_per_ip; /* damping threshold, default 30; 0 = off */
+};
+
+/* policies.<name> */
+struct tg_cfg_policy {
+    char *name;      /* the key in "policies" */
+    char **models;   /* model globs; NULL = any model */
+    size_t nmodels;  /* count */
+};
+
 struct tg_config {
     atomic_uint refcnt;                /* references held; freed at zero */
     uint64_t version;                  /* set by the server: 1, 2, ... per successful load */
@@ -123,6 +160,9 @@ struct tg_config {
     size_t nupstreams;                 /* count */
     struct tg_cfg_route *routes;       /* sorted by prefix_len, longest first */
     size_t nroutes;                    /* count */
+    struct tg_cfg_auth auth;           /* authentication (auth.enabled false: none) */
+    struct tg_cfg_policy *policies;    /* named policies */
+    size_t npolicies;                  /* count */
     char *error_log_file;              /* NULL for stderr */
     int error_log_level;               /* enum tg_log_level */
 };

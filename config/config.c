@@ -69,6 +69,7 @@ void tg_config_free(struct tg_config *c)
         tg_mem_free(c->routes[i].policies);
     }
     tg_mem_free(c->routes);
+    tg_config_free_auth(c);
     tg_mem_free(c->error_log_file);
     tg_mem_free(c->path);
     tg_mem_free(c->dir);

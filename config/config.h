@@ -34,4 +34,7 @@ const struct tg_cfg_route *tg_config_route_match(const struct tg_config *c, cons
                                                  size_t len);
 
 
+/* The policy called name, or NULL. */
+const struct tg_cfg_policy *tg_config_find_policy(const struct tg_config *c, const char *name);
+
 #endif

@@ -194,6 +194,13 @@ struct tg_cfg_upstream *tg_config_find_upstream(struct tg_config *c, const char 
 /* Sort c->routes by prefix length, longest first (stable, no allocation). */
 void tg_config_sort_routes(struct tg_config *c);
 
+/* auth.c: the "auth" section (obj is the tg_config); loads keys and JWKS. */
+int tg_config_parse_auth(struct tg_cfg_ctx *ctx, json_t *v, void *obj);
+/* auth.c: the "policies" section (obj is the tg_config). */
+int tg_config_parse_policies(struct tg_cfg_ctx *ctx, json_t *v, void *obj);
+/* auth.c: free what the two sections above allocated (wipes the pepper). */
+void tg_config_free_auth(struct tg_config *c);
+
 /* Free a snapshot, complete or partly built, wiping secrets.  NULL is a no-op. */
 void tg_config_free(struct tg_config *c);
 

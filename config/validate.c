@@ -4,6 +4,7 @@
  * element by its index in the document.
  */
 #include "config/schema.h"
+#include "filters/apikey.h"
 
 #include "proxy/err.h"
 
@@ -48,16 +49,9 @@ static void set_path(struct tg_cfg_ctx *ctx, const char *section, size_t i, cons
         tg_schema_push_key(ctx, key);
 }
 
-/*
- * Policies are defined by the "policies" section, which this version does
- * not accept yet, so no name can be known: a route or client certificate
- * restricted to a policy would otherwise look enforced when it is not.
- */
 static bool policy_known(const struct tg_config *c, const char *name)
 {
-    (void)c;
-    (void)name;
-    return false;
+    return tg_config_find_policy(c, name) != NULL;
 }
 
 static int check_listeners(struct tg_cfg_ctx *ctx)
@@ -135,11 +129,46 @@ static int check_routes(struct tg_cfg_ctx *ctx)
     return 0;
 }
 
+/* Every policy an identity can carry must exist; auth needs a credential source. */
+static int check_auth(struct tg_cfg_ctx *ctx)
+{
+    struct tg_config *c = ctx->cfg;
+    const struct tg_cfg_auth *a = &c->auth;
+    char q[100];
+    if (!a->enabled)
+        return 0;
+    bool mtls = false;
+    for (size_t i = 0; i < c->nlisteners; i++)
+        if (c->listeners[i].tls && c->listeners[i].tls->client_ca_file)
+            mtls = true;
+    if (!a->keyring && a->njwt == 0 && !mtls) {
+        set_path(ctx, "auth", SIZE_MAX, NULL);
+        return tg_schema_err(ctx, "expected api_keys_file, jwt, or a TLS listener with "
+                                  "client_ca_file: no caller could authenticate");
+    }
+    for (size_t i = 0; i < a->njwt; i++) {
+        const char *dp = a->jwt[i].default_policy;
+        if (dp && !policy_known(c, dp)) {
+            set_path(ctx, "auth.jwt", i, "default_policy");
+            return tg_schema_err(ctx, "unknown policy %s", tg_schema_quote(dp, q, sizeof(q)));
+        }
+    }
+    for (size_t i = 0; a->keyring && i < tg_keyring_count(a->keyring); i++) {
+        const struct tg_apikey *k = tg_keyring_at(a->keyring, i);
+        if (!policy_known(c, k->policy)) {
+            set_path(ctx, "auth", SIZE_MAX, "api_keys_file");
+            return tg_schema_err(ctx, "key %s: unknown policy %s",
+                                 tg_schema_quote(k->id, q, sizeof(q)), k->policy);
+        }
+    }
+    return 0;
+}
+
 int tg_config_validate(struct tg_cfg_ctx *ctx)
 {
     int rv;
     if ((rv = check_listeners(ctx)) != 0 || (rv = check_upstreams(ctx)) != 0 ||
-        (rv = check_routes(ctx)) != 0)
+        (rv = check_routes(ctx)) != 0 || (rv = check_auth(ctx)) != 0)
         return rv;
     return 0;
 }

@@ -8,6 +8,10 @@
 
 /* route.c: longest-prefix route from the pinned snapshot; 404 route_not_found. */
 extern const struct tg_filter_ops tg_filter_route;
+/* authn.c: damping, then API key / JWT / client certificate; 401 / 429. */
+extern const struct tg_filter_ops tg_filter_authn;
+/* authz.c: route policies and model globs; 403 (and 400 for a body without a model). */
+extern const struct tg_filter_ops tg_filter_authz;
 /*
  * forward.c: drops hop-by-hop fields (and those named by Connection),
  * client credentials (authorization, x-api-key) and client-sent x-tollgate-*
@@ -17,5 +21,13 @@ extern const struct tg_filter_ops tg_filter_route;
  * and echoes x-request-id.
  */
 extern const struct tg_filter_ops tg_filter_forward;
+
+struct tg_req;
+/*
+ * Set req->request_id: the client's x-request-id when sane, else a new one.
+ * Called first thing by the route filter, so every answer (404 included)
+ * carries it.  0, or -1 when out of memory.
+ */
+int tg_req_assign_id(struct tg_req *req);
 
 #endif

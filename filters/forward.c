@@ -55,6 +55,21 @@ static void make_request_id(char out[33])
     snprintf(out, 33, "%016llx%016llx", (unsigned long long)prefix, (unsigned long long)counter);
 }
 
+int tg_req_assign_id(struct tg_req *req)
+{
+    struct tg_iov rid = tg_hlist_get(&req->headers, "x-request-id");
+    if (rid.base && tg_request_id_sane(rid)) {
+        req->request_id = rid; /* arena copy made when the header was stored */
+        return 0;
+    }
+    char *id = tg_arena_alloc(&req->arena, 33);
+    if (!id)
+        return -1;
+    make_request_id(id);
+    req->request_id = tg_iov_make(id, 32);
+    return 0;
+}
+
 static int add(struct tg_req *req, const char *name, struct tg_iov value)
 {
     return tg_hlist_add(&req->headers, &req->arena, tg_iov_make(name, strlen(name)), value);
@@ -68,8 +83,6 @@ static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_r
 
     struct tg_iov xff = tg_hlist_get(l, "x-forwarded-for");
     char *xff_copy = xff.base ? tg_arena_strndup(&req->arena, xff.base, xff.len) : NULL;
-    struct tg_iov rid = tg_hlist_get(l, "x-request-id");
-    bool keep_rid = rid.base && tg_request_id_sane(rid);
 
     size_t out = 0;
     for (size_t i = 0; i < l->n; i++) {
@@ -84,15 +97,8 @@ static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_r
     }
     l->n = out;
 
-    if (keep_rid) {
-        req->request_id = rid;
-    } else {
-        char *id = tg_arena_alloc(&req->arena, 33);
-        if (!id)
-            goto nomem;
-        make_request_id(id);
-        req->request_id = tg_iov_make(id, 32);
-    }
+    if (!req->request_id.len && tg_req_assign_id(req) != 0)
+        goto nomem;
     if (add(req, "x-request-id", req->request_id))
         goto nomem;
 
@@ -109,6 +115,15 @@ static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_r
         goto nomem;
     }
     if (add(req, "x-forwarded-proto", req->tls ? TG_IOV_LIT("https") : TG_IOV_LIT("http")))
+        goto nomem;
+    /* The identity tollgate asserts (the client's own copies were removed above). */
+    if (req->identity.principal &&
+        add(req, "x-tollgate-principal",
+            tg_iov_make(req->identity.principal, strlen(req->identity.principal))))
+        goto nomem;
+    if (req->identity.tenant &&
+        add(req, "x-tollgate-tenant",
+            tg_iov_make(req->identity.tenant, strlen(req->identity.tenant))))
         goto nomem;
     if (req->route && req->route->upstream->authorization) {
         const char *tok = req->route->upstream->authorization;

@@ -8,6 +8,10 @@
 static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_req *req)
 {
     (void)f;
+    if (tg_req_assign_id(req) != 0) {
+        tg_req_reply_error(req, 503, "unavailable", "out of memory", "server.nomem");
+        return TG_FILTER_REPLIED;
+    }
     if (!tg_path_is_normal(req->path)) {
         tg_req_reply_error(req, 400, "invalid_request",
                            "the request path has dot-segments or encoded separators",

@@ -46,6 +46,7 @@ static void on_handle_closed(uv_handle_t *h)
     if (c->ssl)
         SSL_free(c->ssl); /* frees both BIOs */
     tg_buf_dispose(&c->out);
+    tg_mem_free(c->client_principal);
     struct tg_worker *w = c->worker;
     tg_mem_free(c);
     atomic_fetch_sub(&tg_listener_conns, 1);
@@ -186,16 +187,24 @@ static void on_flush(struct tg_defer *d)
     }
 }
 
+static void on_linger(uv_timer_t *t)
+{
+    tg_conn_close(tg_container_of(t, struct tg_conn, timer));
+}
+
 void tg_conn_close_after_write(struct tg_conn *c)
 {
     if (c->closing)
         return;
     tg_worker_cancel(c->worker, &c->flush);
     flush_now(c);
-    if (tg_conn_pending(c) == 0)
+    if (tg_conn_pending(c) == 0) {
         tg_conn_close(c);
-    else
-        c->close_after_write = true;
+        return;
+    }
+    c->close_after_write = true;
+    /* A peer that never reads does not hold the socket forever. */
+    uv_timer_start(&c->timer, on_linger, TG_CONN_LINGER_MS, 0);
 }
 
 /*
@@ -316,6 +325,7 @@ static void tls_read(struct tg_conn *c, const char *p, size_t n)
         }
         c->handshake_done = true;
         c->tls_version = SSL_get_version(c->ssl);
+        c->client_principal = tg_tls_client_principal(c->ssl);
         int rv;
         if (tg_tls_is_h2(c->ssl))
             rv = tg_h2_attach(c, 0);
@@ -412,13 +422,13 @@ static void on_timer(uv_timer_t *t)
 
 void tg_conn_timer(struct tg_conn *c, uint64_t ms)
 {
-    if (!c->closing)
+    if (!c->closing && !c->close_after_write)
         uv_timer_start(&c->timer, on_timer, ms, 0);
 }
 
 void tg_conn_timer_stop(struct tg_conn *c)
 {
-    if (!c->closing)
+    if (!c->closing && !c->close_after_write)
         uv_timer_stop(&c->timer);
 }
 

@@ -56,6 +56,7 @@ struct tg_conn {
     char peer_ip[48];                   /* peer address text */
     unsigned short peer_port;           /* peer port */
     const char *tls_version;            /* "TLSv1.3" or NULL */
+    char *client_principal;             /* verified client certificate identity, or NULL */
 };
 
 /* Accept one connection from server on listener l.  0 or a negative error. */
@@ -72,7 +73,9 @@ void tg_conn_timer(struct tg_conn *c, uint64_t ms);
 void tg_conn_timer_stop(struct tg_conn *c);
 /* Close now (queued writes are dropped).  Idempotent. */
 void tg_conn_close(struct tg_conn *c);
-/* Close once every queued write has completed. */
+#define TG_CONN_LINGER_MS 5000 /* longest wait for queued bytes after a close was decided */
+
+/* Close once every queued write has completed, or after TG_CONN_LINGER_MS. */
 void tg_conn_close_after_write(struct tg_conn *c);
 /* Ask the session to drain (graceful shutdown). */
 void tg_conn_drain(struct tg_conn *c);

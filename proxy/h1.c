@@ -18,6 +18,7 @@
 #include "config/config.h"
 #include "proxy/buf.h"
 #include "proxy/conn.h"
+#include "proxy/listener.h"
 #include "proxy/err.h"
 #include "proxy/h1parse.h"
 #include "proxy/log.h"
@@ -43,6 +44,7 @@ struct h1_sess {
     size_t body_held;           /* body bytes given to the req and not yet consumed upstream */
     bool paused;                /* reading stopped for back-pressure */
     bool draining;              /* graceful shutdown: close after this exchange */
+    bool stall_armed;           /* the timer watches a client that stopped reading */
     struct tg_defer finish;     /* deferred end-of-exchange */
     struct tg_defer process;    /* deferred parse of pipelined bytes */
 };
@@ -140,8 +142,8 @@ static int send_head(struct tg_req *req, bool has_body)
                 rv = tg_buf_append(&b, "transfer-encoding: chunked\r\n", 28);
         }
     }
-    if (s->draining)
-        s->keep_alive = false;
+    if (s->draining || s->state == H1_BODY)
+        s->keep_alive = false; /* answered before the request body ended: framing is lost */
     if (!rv) {
         if (!s->keep_alive)
             rv = tg_buf_append(&b, "connection: close\r\n\r\n", 21);
@@ -184,6 +186,12 @@ static int send_data(struct tg_req *req, const char *p, size_t n, bool end)
         struct tg_iov v = {p, n};
         rv = tg_conn_write(s->conn, &v, 1);
     }
+    if (!s->stall_armed && s->state == H1_DONE_READING) {
+        /* A client that takes none of this for idle_timeout_ms is dropped;
+         * each completed write re-arms the clock (on_written). */
+        s->stall_armed = true;
+        tg_conn_timer(s->conn, s->cfg->limits.idle_timeout_ms);
+    }
     if (end)
         tg_worker_defer(s->conn->worker, &s->finish, NULL);
     return rv;
@@ -213,6 +221,7 @@ static void body_consumed(struct tg_req *req, size_t n)
     if (s->paused && s->body_held < TG_REQ_BODY_HIGH_WATER / 2 && s->state == H1_BODY) {
         s->paused = false;
         tg_conn_read_start(s->conn);
+        tg_conn_timer(s->conn, s->cfg->limits.body_timeout_ms);
         tg_worker_defer(s->conn->worker, &s->process, NULL);
     }
 }
@@ -254,6 +263,7 @@ static void on_finish(struct tg_defer *d)
     }
     s->state = H1_HEAD;
     s->body_held = 0;
+    s->stall_armed = false;
     if (s->paused) {
         s->paused = false;
         tg_conn_read_start(s->conn);
@@ -337,10 +347,14 @@ static void read_body(struct h1_sess *s)
         tg_worker_defer(s->conn->worker, &s->finish, NULL); /* may already be answered */
         return;
     }
-    tg_conn_timer(s->conn, s->cfg->limits.body_timeout_ms);
     if (s->body_held > TG_REQ_BODY_HIGH_WATER && !s->paused) {
+        /* The upstream is slow to take the body: the client waits for us, so
+         * the body timeout does not run until reading resumes. */
         s->paused = true;
         tg_conn_read_stop(s->conn);
+        tg_conn_timer_stop(s->conn);
+    } else if (!s->paused) {
+        tg_conn_timer(s->conn, s->cfg->limits.body_timeout_ms);
     }
 }
 
@@ -358,6 +372,8 @@ static int fill_req(struct h1_sess *s, struct tg_req *req, const struct tg_h1_he
     req->head_only = tg_iov_eq(req->method, TG_IOV_LIT("HEAD"));
     req->proto = TG_REQ_HTTP11;
     req->tls = s->conn->ssl != NULL;
+    req->mtls_principal = s->conn->client_principal;
+    req->listener = s->conn->listener->name;
     memcpy(req->client_ip, s->conn->peer_ip, sizeof(req->client_ip));
     req->client_port = s->conn->peer_port;
     for (size_t i = 0; i < h->nheaders; i++) {
@@ -519,13 +535,14 @@ static void on_written(struct tg_conn *c)
     if (!s->req || s->state == H1_CLOSED)
         return;
     size_t pending = tg_conn_pending(c);
-    if (s->state == H1_DONE_READING) {
-        /* Writing the response: a client that stops reading for
-         * idle_timeout_ms is dropped (progress re-arms the timer). */
-        if (pending > 0)
+    if (s->state == H1_DONE_READING && s->stall_armed) {
+        /* Progress: the clock starts again, or stops once nothing waits. */
+        if (pending > 0) {
             tg_conn_timer(c, s->cfg->limits.idle_timeout_ms);
-        else
+        } else {
+            s->stall_armed = false;
             tg_conn_timer_stop(c);
+        }
     }
     if (pending < TG_REQ_RESP_LOW_WATER)
         tg_req_client_drained(s->req);

@@ -20,6 +20,7 @@
 #include "config/config.h"
 #include "proxy/buf.h"
 #include "proxy/conn.h"
+#include "proxy/listener.h"
 #include "proxy/err.h"
 #include "proxy/log.h"
 #include "proxy/req.h"
@@ -305,6 +306,7 @@ static void body_consumed(struct tg_req *req, size_t n)
     if (n > st->unconsumed)
         n = st->unconsumed;
     st->unconsumed -= n;
+    st->last_rx_ms = now_ms(s); /* the client may send again: its clock restarts */
     nghttp2_session_consume(s->ng, st->id, n);
     schedule_flush(s);
 }
@@ -344,6 +346,8 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     struct tg_req *req = st->req;
     req->proto = s->h2c ? TG_REQ_H2C : TG_REQ_H2;
     req->tls = s->conn->ssl != NULL;
+    req->mtls_principal = s->conn->client_principal;
+    req->listener = s->conn->listener->name;
     memcpy(req->client_ip, s->conn->peer_ip, sizeof(req->client_ip));
     req->client_port = s->conn->peer_port;
     nghttp2_session_set_stream_user_data(ng, st->id, st);
@@ -651,9 +655,12 @@ static void on_timer(struct tg_conn *c)
         }
         if (!req)
             continue;
-        if (req->has_body && !req->body_in_end && !req->replied &&
+        if (req->has_body && !req->body_in_end && st->unconsumed == 0 &&
             now - st->last_rx_ms >= l->body_timeout_ms) {
-            if (!req->resp_head_sent)
+            /* (With credit held back for a slow upstream, the wait is ours.) */
+            if (req->replied)
+                nghttp2_submit_rst_stream(s->ng, NGHTTP2_FLAG_NONE, st->id, NGHTTP2_NO_ERROR);
+            else if (!req->resp_head_sent)
                 tg_req_reply_error(req, 408, "request_timeout",
                                    "request body not received in time", "limits.body_timeout");
             else

@@ -9,12 +9,15 @@
 #include "proxy/tls.h"
 
 #include "config/config.h"
+#include "filters/apikey.h"
 #include "proxy/server.h"
 
 static void usage(FILE *f)
 {
     fprintf(f, "usage: tollgate [-c FILE]            run (default FILE: ./tollgate.json)\n"
                "       tollgate --check -c FILE     validate FILE and what it references\n"
+               "       tollgate key new --id ID [-c FILE]   print a new API key and its keys-file entry\n"
+               "       tollgate key hash [-c FILE]  hash a key read on stdin\n"
                "       tollgate --version\n");
 }
 
@@ -36,7 +39,9 @@ int main(int argc, char **argv)
             check = true;
         } else if ((strcmp(a, "-c") == 0 || strcmp(a, "--config") == 0) && i + 1 < argc) {
             path = argv[++i];
-        } else if (strcmp(a, "key") == 0 || strcmp(a, "audit") == 0) {
+        } else if (strcmp(a, "key") == 0 && i == 1) {
+            return tg_cli_key(argc - 1, argv + 1);
+        } else if (strcmp(a, "audit") == 0) {
             fprintf(stderr, "tollgate: the \"%s\" command is not available in this version yet\n",
                     a);
             return 2;
@@ -55,18 +60,11 @@ int main(int argc, char **argv)
         }
         /* Load every certificate and key as the server would, so a broken
          * PEM fails here and not at startup or reload. */
-        for (size_t i = 0; i < c->nlisteners; i++) {
-            if (!c->listeners[i].tls)
-                continue;
-            char terr[512];
-            SSL_CTX *ctx = tg_tls_ctx_new(c->listeners[i].tls, c->listeners[i].protocols, terr,
-                                          sizeof(terr));
-            if (!ctx) {
-                fprintf(stderr, "tollgate: %s: listeners[%zu].tls: %s\n", c->path, i, terr);
-                tg_config_unref(c);
-                return 1;
-            }
-            SSL_CTX_free(ctx);
+        char terr[TG_CONFIG_ERR_MAX + 512];
+        if (tg_tls_check_config(c, terr, sizeof(terr)) != 0) {
+            fprintf(stderr, "tollgate: %s\n", terr);
+            tg_config_unref(c);
+            return 1;
         }
         printf("%s: configuration OK (sha256 %s)\n", c->path, c->sha256_hex);
         tg_config_unref(c);

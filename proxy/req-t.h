@@ -52,6 +52,15 @@ struct tg_req_sess_ops {
     void (*body_consumed)(struct tg_req *req, size_t n);
 };
 
+/* Who the caller is, set by the authentication filter. */
+struct tg_req_identity {
+    const char *method;                  /* "api_key", "jwt" or "mtls"; NULL: anonymous */
+    const char *key_id;                  /* API key id, or NULL */
+    const char *principal;               /* caller (arena string) */
+    const char *tenant;                  /* tenant, or NULL */
+    const struct tg_cfg_policy *policy;  /* the caller's policy (from the pinned snapshot) */
+};
+
 /* Outcome fields an audit record will need, filled as the exchange runs. */
 struct tg_req_outcome {
     const char *reason;   /* deny reason or outcome ("route.not_found", "upstream.error") */
@@ -82,6 +91,12 @@ struct tg_req {
     bool has_body;                         /* a body follows the head */
     bool head_only;                        /* HEAD request: response has no body */
 
+    const char *mtls_principal;            /* verified client certificate identity, or NULL */
+    const char *listener;                  /* name of the listener the request came in on */
+    struct tg_req_identity identity;       /* set by the authn filter */
+    struct tg_header reply_extra[4];       /* extra headers for a local reply */
+    unsigned nreply_extra;                 /* count */
+
     /* Routing, set by the route filter. */
     const struct tg_cfg_route *route;      /* matched route */
     struct tg_iov request_id;              /* x-request-id sent upstream */
@@ -100,6 +115,9 @@ struct tg_req {
     struct tg_bufq body_out;               /* ready to send upstream */
     struct tg_buf body_buffered;           /* whole body held for a BUFFER filter */
     int buffer_filter;                     /* index of the buffering filter, -1 if none */
+    int hold_filter;                       /* filter reading the whole body while the chain
+                                              is stopped (tg_req_hold_body), -1 if none */
+    bool held_delivered;                   /* the held body went to its filter */
     uint64_t body_received;                /* body bytes received from the client */
     bool body_in_end;                      /* the client finished the body */
     bool body_out_end;                     /* the end is in body_out */

@@ -14,6 +14,8 @@
 
 static atomic_uint_fast64_t next_id = 1;
 
+static void deliver_held(struct tg_req *req);
+
 struct start_defer {
     struct tg_defer d;   /* queued on the worker */
     struct tg_req *req;  /* the request to start */
@@ -66,6 +68,7 @@ struct tg_req *tg_req_new(struct tg_worker *w, struct tg_config *cfg,
     req->content_length = -1;
     req->resp_content_length = -1;
     req->buffer_filter = -1;
+    req->hold_filter = -1;
     req->on_chain_done = start_upstream;
     tg_bufq_init(&req->body_in);
     tg_bufq_init(&req->body_out);
@@ -162,12 +165,47 @@ size_t tg_hlist_remove(struct tg_hlist *l, const char *name)
     return removed;
 }
 
+/* A filter that held the body stopped the chain after the body had ended. */
+static void after_headers_phase(struct tg_req *req)
+{
+    if (!req->headers_done && !req->replied && req->hold_filter >= 0 && req->body_in_end)
+        deliver_held(req);
+}
+
 void tg_req_start(struct tg_req *req)
 {
     tg_filter_run_headers(req, 0);
+    after_headers_phase(req);
     /* Body bytes that arrived while the chain ran (or before) go on now. */
     if (req->headers_done && !req->replied)
         tg_req_body(req, NULL, 0, false);
+}
+
+void tg_req_hold_body(struct tg_req *req, struct tg_filter *f)
+{
+    req->hold_filter = (int)(f - req->filters);
+    /* Whatever already arrived joins the held body. */
+    while (req->body_in.head) {
+        struct tg_iov v = tg_bufq_peek(&req->body_in);
+        size_t n = v.len;
+        if (tg_buf_append(&req->body_buffered, v.base, n) != 0)
+            break; /* cannot pass max_body_bytes: tg_req_body already answered 413 */
+        tg_bufq_consume(&req->body_in, n);
+        if (req->sess_ops->body_consumed)
+            req->sess_ops->body_consumed(req, n);
+    }
+}
+
+/* The held body is complete: let the holding filter decide. */
+static void deliver_held(struct tg_req *req)
+{
+    if (req->held_delivered)
+        return;
+    req->held_delivered = true;
+    struct tg_filter *f = &req->filters[req->hold_filter];
+    struct tg_iov whole = tg_iov_make(req->body_buffered.base, req->body_buffered.len);
+    if (f->ops->on_request_data)
+        f->ops->on_request_data(f, req, whole, true);
 }
 
 void tg_req_continue(struct tg_req *req)
@@ -175,6 +213,7 @@ void tg_req_continue(struct tg_req *req)
     if (req->replied || req->headers_done)
         return;
     tg_filter_run_headers(req, req->fcur + 1);
+    after_headers_phase(req);
     if (req->headers_done && !req->replied)
         tg_req_body(req, NULL, 0, false);
 }
@@ -183,6 +222,19 @@ void tg_req_continue(struct tg_req *req)
 static void pump_body(struct tg_req *req)
 {
     bool moved = false;
+    if (req->hold_filter >= 0) {
+        /* The chain went on after a filter held the body: it goes upstream whole. */
+        req->hold_filter = -1;
+        if (req->body_buffered.len &&
+            tg_bufq_push(&req->body_out, req->body_buffered.base, req->body_buffered.len) != 0) {
+            tg_req_reply_error(req, 503, "unavailable", "out of memory", "server.nomem");
+            return;
+        }
+        tg_buf_dispose(&req->body_buffered);
+        if (req->body_in_end)
+            req->body_out_end = true;
+        moved = true;
+    }
     while (req->body_in.head || (req->body_in_end && !req->body_out_end)) {
         struct tg_chunk *c = req->body_in.head;
         bool last = req->body_in_end && (!c || c->next == NULL);
@@ -246,10 +298,23 @@ int tg_req_body(struct tg_req *req, const char *p, size_t n, bool end)
                                "limits.body_size");
             return TG_E_CLOSED;
         }
-        if (tg_bufq_push(&req->body_in, p, n) != 0) {
+        if (req->hold_filter >= 0 && !req->headers_done) {
+            /* Held for a filter: the client is not stalled by the hold. */
+            if (tg_buf_append(&req->body_buffered, p, n) != 0) {
+                tg_req_reply_error(req, 503, "unavailable", "out of memory", "server.nomem");
+                return TG_E_NOMEM;
+            }
+            if (req->sess_ops->body_consumed)
+                req->sess_ops->body_consumed(req, n);
+        } else if (tg_bufq_push(&req->body_in, p, n) != 0) {
             tg_req_reply_error(req, 503, "unavailable", "out of memory", "server.nomem");
             return TG_E_NOMEM;
         }
+    }
+    if (req->hold_filter >= 0 && !req->headers_done) {
+        if (end)
+            deliver_held(req);
+        return 0;
     }
     if (req->headers_done)
         pump_body(req);
@@ -272,6 +337,18 @@ int tg_req_resp_header_add(struct tg_req *req, const char *name, const char *val
                         tg_iov_make(value, strlen(value)));
 }
 
+void tg_req_reply_extra(struct tg_req *req, const char *name, const char *value)
+{
+    if (req->nreply_extra >= 4)
+        return;
+    char *n = tg_arena_strndup(&req->arena, name, strlen(name));
+    char *v = tg_arena_strndup(&req->arena, value, strlen(value));
+    if (!n || !v)
+        return;
+    req->reply_extra[req->nreply_extra++] =
+        (struct tg_header){tg_iov_make(n, strlen(n)), tg_iov_make(v, strlen(v))};
+}
+
 void tg_req_reply_error(struct tg_req *req, int status, const char *code, const char *message,
                         const char *reason)
 {
@@ -292,12 +369,25 @@ void tg_req_reply_error(struct tg_req *req, int status, const char *code, const 
         req->upstream = NULL;
         tg_upstream_detach(u);
     }
+    /* JSON-escape the message (it may quote a name); code is a fixed token. */
+    char msg[320];
+    size_t k = 0;
+    for (const char *m = message; *m && k + 7 < sizeof(msg); m++) {
+        unsigned char ch = (unsigned char)*m;
+        if (ch == '"' || ch == '\\') {
+            msg[k++] = '\\';
+            msg[k++] = (char)ch;
+        } else if (ch < 0x20) {
+            k += (size_t)snprintf(msg + k, sizeof(msg) - k, "\\u%04x", ch);
+        } else {
+            msg[k++] = (char)ch;
+        }
+    }
+    msg[k] = '\0';
     char body[512];
-    /* message and code are fixed strings from tollgate: no escaping needed,
-     * but keep quotes out to be safe. */
     int n = snprintf(body, sizeof(body),
                      "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"code\":\"%s\"}}\n",
-                     message, error_type(status), code);
+                     msg, error_type(status), code);
     if (n < 0 || (size_t)n >= sizeof(body))
         n = 0;
     char len[24];
@@ -308,6 +398,9 @@ void tg_req_reply_error(struct tg_req *req, int status, const char *code, const 
     tg_req_resp_header_add(req, "content-length", len);
     if (status == 401)
         tg_req_resp_header_add(req, "www-authenticate", "Bearer");
+    for (unsigned i = 0; i < req->nreply_extra; i++)
+        tg_hlist_add(&req->resp_headers, &req->arena, req->reply_extra[i].name,
+                     req->reply_extra[i].value);
     if (req->request_id.len) {
         char *id = tg_arena_strndup(&req->arena, req->request_id.base, req->request_id.len);
         if (id)

@@ -40,6 +40,15 @@ void tg_req_start(struct tg_req *req);
 /* Resume the chain after a filter returned STOP (from that filter's successor). */
 void tg_req_continue(struct tg_req *req);
 /*
+ * From a filter's on_request_headers, before it returns STOP: collect the
+ * whole request body (bounded by max_body_bytes, else 413) and hand it to
+ * this filter's on_request_data(whole, end=true) once complete, with the
+ * chain still stopped, so the filter can decide (reply, or tg_req_continue)
+ * before anything reaches an upstream.  After the chain continues, the held
+ * body goes upstream as is (later filters' on_request_data do not see it).
+ */
+void tg_req_hold_body(struct tg_req *req, struct tg_filter *f);
+/*
  * Request body bytes from the client (copied); end marks the last (n may be
  * 0).  Enforces max_body_bytes (413).  Returns 0, or TG_E_CLOSED when the
  * request was answered and the body is being discarded.
@@ -54,6 +63,8 @@ int tg_req_body(struct tg_req *req, const char *p, size_t n, bool end);
  */
 void tg_req_reply_error(struct tg_req *req, int status, const char *code, const char *message,
                         const char *reason);
+/* Remember a header (copied) for the next local reply (e.g. retry-after); at most 4. */
+void tg_req_reply_extra(struct tg_req *req, const char *name, const char *value);
 /* Add an extra header to a local reply or response (before the head is sent). */
 int tg_req_resp_header_add(struct tg_req *req, const char *name, const char *value);
 

@@ -19,6 +19,7 @@
 #include "proxy/err.h"
 #include "proxy/log.h"
 #include "proxy/mem.h"
+#include "proxy/tls.h"
 #include "proxy/worker.h"
 
 struct tg_server {
@@ -87,6 +88,12 @@ static void reload(struct tg_server *s)
     struct tg_config *next = tg_config_load(s->path, err);
     if (!next) {
         tg_log_error("server", "reload rejected: %s", err);
+        return;
+    }
+    char terr[TG_CONFIG_ERR_MAX + 512];
+    if (tg_tls_check_config(next, terr, sizeof(terr)) != 0) {
+        tg_log_error("server", "reload rejected: %s", terr);
+        tg_config_unref(next);
         return;
     }
     if (!same_listeners(s->cfg, next))

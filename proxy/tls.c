@@ -4,7 +4,10 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/x509v3.h>
+
 #include "config/config-t.h"
+#include "proxy/mem.h"
 
 static void ssl_err(char *err, size_t errlen, const char *what, const char *path)
 {
@@ -92,4 +95,65 @@ int tg_tls_is_h2(SSL *ssl)
     unsigned int n = 0;
     SSL_get0_alpn_selected(ssl, &p, &n);
     return n == 2 && memcmp(p, "h2", 2) == 0;
+}
+
+/* A printable, control-free copy of an ASN.1 string, or NULL. */
+static char *copy_name(const unsigned char *p, int n)
+{
+    if (!p || n <= 0 || n > 255)
+        return NULL;
+    for (int i = 0; i < n; i++)
+        if (p[i] < 0x21 || p[i] > 0x7e)
+            return NULL;
+    return tg_mem_strndup((const char *)p, (size_t)n);
+}
+
+char *tg_tls_client_principal(SSL *ssl)
+{
+    X509 *cert = SSL_get0_peer_certificate(ssl);
+    if (!cert || SSL_get_verify_result(ssl) != X509_V_OK)
+        return NULL;
+    char *out = NULL;
+    GENERAL_NAMES *sans = X509_get_ext_d2i(cert, NID_subject_alt_name, NULL, NULL);
+    for (int pass = 0; sans && !out && pass < 2; pass++) {
+        for (int i = 0; !out && i < sk_GENERAL_NAME_num(sans); i++) {
+            const GENERAL_NAME *gn = sk_GENERAL_NAME_value(sans, i);
+            int want = pass == 0 ? GEN_URI : GEN_DNS;
+            if (gn->type != want)
+                continue;
+            const ASN1_IA5STRING *s = want == GEN_URI ? gn->d.uniformResourceIdentifier
+                                                      : gn->d.dNSName;
+            out = copy_name(ASN1_STRING_get0_data(s), ASN1_STRING_length(s));
+        }
+    }
+    GENERAL_NAMES_free(sans);
+    if (out)
+        return out;
+    X509_NAME *subj = X509_get_subject_name(cert);
+    int idx = X509_NAME_get_index_by_NID(subj, NID_commonName, -1);
+    if (idx < 0)
+        return NULL;
+    ASN1_STRING *cn = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(subj, idx));
+    unsigned char *utf8 = NULL;
+    int n = ASN1_STRING_to_UTF8(&utf8, cn);
+    out = copy_name(utf8, n);
+    OPENSSL_free(utf8);
+    return out;
+}
+
+int tg_tls_check_config(const struct tg_config *c, char *err, size_t errlen)
+{
+    for (size_t i = 0; i < c->nlisteners; i++) {
+        if (!c->listeners[i].tls)
+            continue;
+        char terr[512];
+        SSL_CTX *ctx =
+            tg_tls_ctx_new(c->listeners[i].tls, c->listeners[i].protocols, terr, sizeof(terr));
+        if (!ctx) {
+            snprintf(err, errlen, "%s: listeners[%zu].tls: %s", c->path, i, terr);
+            return -1;
+        }
+        SSL_CTX_free(ctx);
+    }
+    return 0;
 }

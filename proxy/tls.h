@@ -17,6 +17,21 @@ struct tg_cfg_tls;
  */
 SSL_CTX *tg_tls_ctx_new(const struct tg_cfg_tls *cfg, unsigned protos, char *err, size_t errlen);
 
+/*
+ * The identity of a verified client certificate (SPEC §3: the first URI or
+ * DNS subjectAltName, else the subject CN), as a new tg_mem string, or NULL
+ * when the peer sent no certificate or it did not verify.
+ */
+char *tg_tls_client_principal(SSL *ssl);
+
+struct tg_config;
+/*
+ * Build (and free) a server context for every TLS listener of c, so broken
+ * certificates or keys are found before they are needed.  0, or -1 with
+ * "listeners[i].tls: reason" in err.
+ */
+int tg_tls_check_config(const struct tg_config *c, char *err, size_t errlen);
+
 /* The negotiated ALPN protocol is h2. */
 int tg_tls_is_h2(SSL *ssl);
 

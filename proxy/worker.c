@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "config/config.h"
+#include "filters/authn.h"
 #include "proxy/conn.h"
 #include "proxy/err.h"
 #include "proxy/listener.h"
@@ -186,6 +187,7 @@ static void thread_main(void *arg)
 {
     struct tg_worker *w = arg;
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    tg_authn_thread_exit();
 }
 
 int tg_worker_start(struct tg_worker *w)

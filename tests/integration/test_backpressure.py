@@ -196,16 +196,21 @@ def test_h1_upload_to_stuck_upstream_pauses_client(start_tollgate, fresh_demo, s
         chunk = b"u" * 65536
         sent, peak, samples = 0, base, []
         start = time.monotonic()
-        while time.monotonic() - start < WATCH_S and sent < total:
+        # Kernel buffers on the path autotune upward for a while (up to tcp_rmem
+        # max), so watch longer than for downloads before judging the stall.
+        upload_watch_s = 2 * WATCH_S
+        while time.monotonic() - start < upload_watch_s and sent < total:
             try:
                 sent += s.send(chunk)
             except BlockingIOError:
                 time.sleep(0.02)
             samples.append((time.monotonic() - start, sent))
             peak = max(peak, rss_kib(t.pid))
-        # The client is stalled: in the last second it could push almost nothing more,
-        late = [n for (when, n) in samples if when >= WATCH_S - 1.0]
-        assert late and late[-1] - late[0] < 1024 * 1024, f"still sending: {late[0]}..{late[-1]}"
+        # The client is (nearly) stalled: in the last second only kernel buffer
+        # autotuning lets a little more through (a few MB/s at most, on loopback
+        # an unpaused path moves GB/s),
+        late = [n for (when, n) in samples if when >= upload_watch_s - 1.0]
+        assert late and late[-1] - late[0] < 4 * 1024 * 1024, f"still sending: {late[0]}..{late[-1]}"
         # what it pushed fits in kernel buffers plus a small bound in tollgate,
         bound = kernel_buffer_bound() + 8 * 1024 * 1024
         assert sent < bound, f"client pushed {sent} bytes (kernel bound {bound})"

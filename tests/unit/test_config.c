@@ -104,6 +104,7 @@ static int group_setup(void **state)
     setenv("TG_TEST_ADMIN_TOKEN", ADMIN_SECRET, 1);
     setenv("TG_TEST_UPSTREAM_KEY", UPSTREAM_SECRET, 1);
     setenv("TG_TEST_EMPTY_VAR", "", 1);
+    setenv("TG_TEST_SHORT_PEPPER", "too-short", 1);
     unsetenv("TG_TEST_UNSET_VAR");
     return 0;
 }
@@ -406,9 +407,20 @@ static const struct bad_case bad_cases[] = {
      "upstreams[0].tls: TLS to upstreams is not supported by this version of tollgate yet", NULL},
     {"bad-upstream-tls-pair.json",
      "upstreams[0].tls: certificate_file and private_key_file go together", NULL},
-    {"bad-unsupported-auth.json",
-     "bad-unsupported-auth.json: auth: not supported by this version of tollgate yet", NULL},
-    {"bad-unsupported-policies.json", ": policies: not supported by this version", NULL},
+    {"bad-auth-no-source.json",
+     "bad-auth-no-source.json: auth: expected api_keys_file, jwt, or a TLS listener with "
+     "client_ca_file",
+     NULL},
+    {"bad-auth-key-policy.json", "auth.api_keys_file: key \"alpha\": unknown policy standard",
+     NULL},
+    {"bad-policy-quota.json",
+     "policies.standard.requests_per_minute: quota limits are not supported by this version",
+     NULL},
+    {"bad-policy-name.json", "policies.bad name: expected a policy name of 1..64 characters",
+     NULL},
+    {"bad-auth-short-pepper.json",
+     "auth.api_key_pepper_env: the pepper in $TG_TEST_SHORT_PEPPER must be at least 16 bytes",
+     NULL},
     {"bad-unsupported-pricing.json", ": pricing: not supported by this version", NULL},
     {"bad-unsupported-audit.json", ": audit: not supported by this version", NULL},
     {"bad-unsupported-quota.json", ": quota: not supported by this version", NULL},
@@ -592,6 +604,22 @@ static void test_failmalloc_invalid(void **state)
     failmalloc_run("config/bad-syntax.json", "line 4 column 3");
 }
 
+static void test_auth_policies(void **state)
+{
+    (void)state;
+    struct tg_config *c = load_ok("config/valid-auth.json");
+    assert_true(c->auth.enabled);
+    assert_non_null(c->auth.keyring);
+    assert_int_equal(c->auth.failed_auth_per_minute_per_ip, 30);
+    assert_int_equal(c->npolicies, 1);
+    const struct tg_cfg_policy *p = tg_config_find_policy(c, "standard");
+    assert_non_null(p);
+    assert_int_equal(p->nmodels, 2);
+    assert_string_equal(p->models[1], "llama-3.1-8b*");
+    assert_null(tg_config_find_policy(c, "gold"));
+    tg_config_unref(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -605,6 +633,7 @@ int main(void)
         cmocka_unit_test(test_invalid_configs),
         cmocka_unit_test(test_missing_config_file),
         cmocka_unit_test(test_route_match),
+        cmocka_unit_test(test_auth_policies),
         cmocka_unit_test(test_route_no_catchall),
         cmocka_unit_test(test_failmalloc_valid),
         cmocka_unit_test(test_failmalloc_invalid),
