@@ -5,7 +5,7 @@ set -eu
 PKGS="build-essential cmake pkg-config git curl ca-certificates openssl procps
       libuv1-dev libnghttp2-dev node-llhttp libssl-dev libjansson-dev libhiredis-dev libcmocka-dev
       redis-server nghttp2-client python3 python3-pytest python3-httpx python3-h2 python3-redis
-      python3-jwt"
+      python3-jwt clang libclang-rt-14-dev"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

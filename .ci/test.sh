@@ -1,11 +1,14 @@
 #!/bin/sh
-# The whole test suite: unit tests (cmocka) and integration tests (pytest
-# against the real binary, the demo upstream and real clients), first on the
-# normal build, then on the ASan+UBSan build.
+# The whole test suite: a short libFuzzer run of every fuzz target, then unit
+# tests (cmocka) and integration tests (pytest against the real binary, the
+# demo upstream and real clients), first on the normal build, then on the
+# ASan+UBSan build.
 set -eu
 cd "$(dirname "$0")/.."
 sh .ci/deps.sh
 sh .ci/build.sh asan
+echo "== fuzz smoke (libFuzzer, ASan+UBSan)"
+sh .ci/fuzz.sh
 echo "== tests: release build"
 (cd build && ctest --output-on-failure)
 echo "== tests: ASan+UBSan build"

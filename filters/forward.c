@@ -6,6 +6,7 @@
  * tollgate asserts (x-tollgate-*, x-forwarded-*) are removed from the client's
  * request first so a client can never pre-set them.
  */
+#include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -90,9 +91,13 @@ static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_r
         if (has_prefix(n, "x-tollgate-") || has_prefix(n, "x-forwarded-") ||
             tg_iov_eq(n, TG_IOV_LIT("x-request-id")) || tg_iov_eq(n, TG_IOV_LIT("forwarded")))
             continue;
-        /* Client credentials never reach the model server (SPEC §5). */
-        if (tg_iov_eq(n, TG_IOV_LIT("authorization")) || tg_iov_eq(n, TG_IOV_LIT("x-api-key")))
+        /* Client credentials never reach the model server (SPEC §5), and
+         * their copy in the request arena is wiped now that authentication
+         * is done with it. */
+        if (tg_iov_eq(n, TG_IOV_LIT("authorization")) || tg_iov_eq(n, TG_IOV_LIT("x-api-key"))) {
+            OPENSSL_cleanse((void *)l->v[i].value.base, l->v[i].value.len);
             continue;
+        }
         l->v[out++] = l->v[i];
     }
     l->n = out;

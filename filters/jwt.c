@@ -32,13 +32,13 @@
 
 #include "proxy/mem.h"
 
-#define MAX_JSON_DEPTH 16         /* THREATS §3.1.5: checked before jansson sees the text */
+#define MAX_JSON_DEPTH 16               /* THREATS §3.1.5: checked before jansson sees the text */
 #define MAX_NUMERIC_DATE 253402300799LL /* 9999-12-31T23:59:59Z; later dates are bogus */
-#define MAX_KID 255               /* longest kid accepted in a JWKS */
-#define MIN_RSA_BITS 2048         /* RFC 7518 §3.3 */
-#define MAX_RSA_BITS 16384        /* bounds verification cost (OpenSSL's own ceiling) */
-#define MIN_OCT_BYTES 32          /* RFC 7518 §3.2: a key at least as long as the hash */
-#define MAX_OCT_BYTES 1024        /* anything longer is a mistake */
+#define MAX_KID 255                     /* longest kid accepted in a JWKS */
+#define MIN_RSA_BITS 2048               /* RFC 7518 §3.3 */
+#define MAX_RSA_BITS 16384              /* bounds verification cost (OpenSSL's own ceiling) */
+#define MIN_OCT_BYTES 32                /* RFC 7518 §3.2: a key at least as long as the hash */
+#define MAX_OCT_BYTES 1024              /* anything longer is a mistake */
 
 /* ------------------------------------------------------------------------------------------ */
 /* Algorithms and status names                                                                */
@@ -101,13 +101,13 @@ enum key_kind {
 };
 
 struct jwk {
-    char *kid;              /* NUL-terminated, or NULL when the JWK has none */
-    size_t kid_len;         /* strlen(kid) */
-    enum key_kind kind;     /* key type and curve */
-    int alg;                /* the JWK's own "alg" (enum tg_jwt_alg), or -1 for any fitting alg */
-    EVP_PKEY *pkey;         /* public key, all kinds but KEY_OCT */
-    unsigned char *secret;  /* KEY_OCT secret (wiped on free) */
-    size_t secret_len;      /* its length */
+    char *kid;             /* NUL-terminated, or NULL when the JWK has none */
+    size_t kid_len;        /* strlen(kid) */
+    enum key_kind kind;    /* key type and curve */
+    int alg;               /* the JWK's own "alg" (enum tg_jwt_alg), or -1 for any fitting alg */
+    EVP_PKEY *pkey;        /* public key, all kinds but KEY_OCT */
+    unsigned char *secret; /* KEY_OCT secret (wiped on free) */
+    size_t secret_len;     /* its length */
 };
 
 struct tg_jwks {
@@ -338,8 +338,8 @@ static int load_rsa(struct load_ctx *lc, json_t *jwk, struct jwk *k)
     for (unsigned top = nlen ? np[0] : 0; top; top >>= 1)
         bits++;
     if (bits < MIN_RSA_BITS || bits > MAX_RSA_BITS || !(np[nlen - 1] & 1)) {
-        key_err(lc, "n", "RSA modulus of %zu bits: must be odd and %d..%d bits", bits,
-                MIN_RSA_BITS, MAX_RSA_BITS);
+        key_err(lc, "n", "RSA modulus of %zu bits: must be odd and %d..%d bits", bits, MIN_RSA_BITS,
+                MAX_RSA_BITS);
         goto out;
     }
     /* A huge public exponent would make every verification as slow as a private-key operation. */
@@ -526,9 +526,11 @@ static int load_key(struct load_ctx *lc, json_t *jwk, struct tg_jwks *set, struc
             key_err(lc, "key_ops", "must be an array");
             return -1;
         }
-        json_array_foreach (ops, i, op)
+        for (i = 0; i < json_array_size(ops); i++) {
+            op = json_array_get(ops, i);
             if (json_is_string(op) && strcmp(json_string_value(op), "verify") == 0)
                 verify = true;
+        }
         if (!verify) {
             key_err(lc, "key_ops", "does not allow \"verify\"");
             return -1;
@@ -804,7 +806,8 @@ static bool json_depth_ok(const unsigned char *s, size_t n, int max)
 static json_t *segment_json(const char *seg, size_t n, unsigned char *buf)
 {
     size_t dlen;
-    if (n == 0 || b64url_decode(seg, n, buf, &dlen) < 0 || !json_depth_ok(buf, dlen, MAX_JSON_DEPTH))
+    if (n == 0 || b64url_decode(seg, n, buf, &dlen) < 0 ||
+        !json_depth_ok(buf, dlen, MAX_JSON_DEPTH))
         return NULL;
     /* No JSON_DECODE_ANY (top level must be an object or array), no JSON_ALLOW_NUL. */
     json_t *j = json_loadb((const char *)buf, dlen, JSON_REJECT_DUPLICATES, NULL);
@@ -880,7 +883,8 @@ static enum tg_jwt_status select_key(const struct tg_jwks *set, json_t *kid, enu
         const char *s = json_string_value(kid);
         size_t n = json_string_length(kid);
         for (size_t i = 0; i < set->nkeys && !found; i++)
-            if (set->keys[i].kid && set->keys[i].kid_len == n && memcmp(set->keys[i].kid, s, n) == 0)
+            if (set->keys[i].kid && set->keys[i].kid_len == n &&
+                memcmp(set->keys[i].kid, s, n) == 0)
                 found = &set->keys[i];
         if (!found)
             return TG_JWT_UNKNOWN_KID;
@@ -1034,9 +1038,8 @@ static enum tg_jwt_status check_claims(const struct tg_jwt_issuer *iss, json_t *
 /* ------------------------------------------------------------------------------------------ */
 /* Verification                                                                               */
 
-enum tg_jwt_status tg_jwt_verify(const char *token, size_t len,
-                                 const struct tg_jwt_issuer *issuers, size_t nissuers,
-                                 int64_t now_ms, struct tg_jwt_claims *out)
+enum tg_jwt_status tg_jwt_verify(const char *token, size_t len, const struct tg_jwt_issuer *issuers,
+                                 size_t nissuers, int64_t now_ms, struct tg_jwt_claims *out)
 {
     /* Decoded segments are at most 3/4 of the token, so one token-sized buffer holds them. */
     unsigned char buf[TG_JWT_MAX_TOKEN];
@@ -1124,11 +1127,11 @@ out:
 #define MAX_CACHE (1u << 24) /* entries; a bigger request is clamped */
 
 struct cache_entry {
-    unsigned char hash[32];       /* SHA-256 of the token */
-    uint64_t generation;          /* config generation it was verified under */
-    struct tg_jwt_claims claims;  /* what the verification produced */
-    uint32_t next;                /* next entry in the same bucket, or NIL */
-    bool used;                    /* slot holds an entry */
+    unsigned char hash[32];      /* SHA-256 of the token */
+    uint64_t generation;         /* config generation it was verified under */
+    struct tg_jwt_claims claims; /* what the verification produced */
+    uint32_t next;               /* next entry in the same bucket, or NIL */
+    bool used;                   /* slot holds an entry */
 };
 
 /*

@@ -15,7 +15,8 @@
  *     when an independent reading of the header says alg HS256 with kid "hs1"
  *     or none and no forbidden member, and the claims are consistent with now.
  *
- *   mkdir -p /tmp/corpus-jwt && build-fuzz/fuzz/fuzz_jwt -max_len=8400 /tmp/corpus-jwt fuzz/corpus/jwt
+ *   mkdir -p /tmp/corpus-jwt && build-fuzz/fuzz/fuzz_jwt -max_len=8400 /tmp/corpus-jwt
+ * fuzz/corpus/jwt
  */
 #include <limits.h>
 #include <stdint.h>
@@ -104,7 +105,9 @@ static void load_hs_key(const char *path)
     json_t *root = json_load_file(path, 0, NULL), *k;
     size_t i;
     CHECK(root);
-    json_array_foreach (json_object_get(root, "keys"), i, k) {
+    json_t *keys = json_object_get(root, "keys");
+    for (i = 0; i < json_array_size(keys); i++) {
+        k = json_array_get(keys, i);
         const char *kid = json_string_value(json_object_get(k, "kid"));
         const char *s = json_string_value(json_object_get(k, "k"));
         if (!kid || strcmp(kid, "hs1") != 0 || !s)
@@ -137,12 +140,18 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
         abort();
     }
     load_hs_key(path);
-    issuers[0] = (struct tg_jwt_issuer){"https://fuzz.example", audiences, 1, jwks,
-                                        (1u << TG_JWT_ALG_COUNT) - 1, "sub", "tenant", "tier",
+    issuers[0] = (struct tg_jwt_issuer){"https://fuzz.example",
+                                        audiences,
+                                        1,
+                                        jwks,
+                                        (1u << TG_JWT_ALG_COUNT) - 1,
+                                        "sub",
+                                        "tenant",
+                                        "tier",
                                         LEEWAY_MS};
     /* Same keys, a narrower policy: RS256 only, no audience check, another principal. */
-    issuers[1] = (struct tg_jwt_issuer){"https://fuzz2.example", NULL, 0, jwks,
-                                        1u << TG_JWT_RS256, "email", NULL, NULL, 0};
+    issuers[1] = (struct tg_jwt_issuer){
+        "https://fuzz2.example", NULL, 0, jwks, 1u << TG_JWT_RS256, "email", NULL, NULL, 0};
 
     data_path(path, sizeof(path), "fuzz-tokens.txt");
     FILE *f = fopen(path, "r");
@@ -211,13 +220,14 @@ static void raw_mode(const uint8_t *data, size_t size)
 /* alg HS256, kid absent or "hs1", none of the members verification must refuse. */
 static bool header_allows_hs1(const char *text, size_t n)
 {
-    static const char *const bad[] = {"jwk", "jku", "x5u", "x5c", "x5t", "x5t#S256",
-                                      "crit", "b64", "cty"};
+    static const char *const bad[] = {"jwk",      "jku",  "x5u", "x5c", "x5t",
+                                      "x5t#S256", "crit", "b64", "cty"};
     json_t *h = json_loadb(text, n, JSON_REJECT_DUPLICATES, NULL);
     bool ok = json_is_object(h);
     const char *alg = json_string_value(json_object_get(h, "alg"));
     json_t *kid = json_object_get(h, "kid");
-    ok = ok && alg && strcmp(alg, "HS256") == 0 && json_string_length(json_object_get(h, "alg")) == 5;
+    ok = ok && alg && strcmp(alg, "HS256") == 0 &&
+         json_string_length(json_object_get(h, "alg")) == 5;
     ok = ok && (!kid || (json_is_string(kid) && json_string_length(kid) == 3 &&
                          strcmp(json_string_value(kid), "hs1") == 0));
     for (size_t i = 0; ok && i < sizeof(bad) / sizeof(bad[0]); i++)
@@ -249,8 +259,7 @@ static void structured_mode(const uint8_t *data, size_t size)
     size_t len = strlen(tok);
     if (tg_jwt_verify(tok, len, issuers, 2, NOW_MS, &c) == TG_JWT_OK) {
         if (!header_allows_hs1((const char *)data, hl)) {
-            fprintf(stderr, "fuzz_jwt: header accepted against the rules: %.*s\n", (int)hl,
-                    data);
+            fprintf(stderr, "fuzz_jwt: header accepted against the rules: %.*s\n", (int)hl, data);
             abort();
         }
         CHECK(c.issuer_index == 0); /* issuer 1 does not allow HS256 */

@@ -1,5 +1,6 @@
 #include "proxy/req.h"
 
+#include <openssl/crypto.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <uv.h>
@@ -106,6 +107,14 @@ void tg_req_free(struct tg_req *req)
         struct tg_upstream *u = req->upstream;
         req->upstream = NULL;
         tg_upstream_detach(u);
+    }
+    /* Credentials still in the arena (a request refused before forward.c
+     * removed them) are wiped, not just freed. */
+    for (size_t i = 0; i < req->headers.n; i++) {
+        struct tg_header *h = &req->headers.v[i];
+        if (tg_iov_eq(h->name, TG_IOV_LIT("authorization")) ||
+            tg_iov_eq(h->name, TG_IOV_LIT("x-api-key")))
+            OPENSSL_cleanse((void *)h->value.base, h->value.len);
     }
     tg_bufq_dispose(&req->body_in);
     tg_bufq_dispose(&req->body_out);

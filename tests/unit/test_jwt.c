@@ -110,8 +110,8 @@ static struct tg_jwks *load_text(const char *name, const char *text)
 }
 
 /* JWK member lists, reused by the JWKS-error table. */
-static char jwk_rsa[600], jwk_rsa_ps[600], jwk_ec256[300], jwk_ec384[300], jwk_ed[200],
-    jwk_hs[200], jwk_rsa_b[600], jwk_rsa1024[400];
+static char jwk_rsa[600], jwk_rsa_ps[600], jwk_ec256[300], jwk_ec384[300], jwk_ed[200], jwk_hs[200],
+    jwk_rsa_b[600], jwk_rsa1024[400];
 
 /* $TG_TEST_DATA, else tests/data next to this file. */
 static void init_data_dir(void)
@@ -170,17 +170,17 @@ static int setup(void **state)
     b64url(k_hs, sizeof(k_hs), hs_k, sizeof(hs_k));
 
     snprintf(jwk_rsa, sizeof(jwk_rsa), "\"kty\":\"RSA\",\"n\":\"%s\",\"e\":\"%s\"", rsa_n, rsa_e);
-    snprintf(jwk_rsa_ps, sizeof(jwk_rsa_ps), "\"kty\":\"RSA\",\"alg\":\"PS256\",\"n\":\"%s\",\"e\":\"%s\"",
-             rsa_n, rsa_e);
+    snprintf(jwk_rsa_ps, sizeof(jwk_rsa_ps),
+             "\"kty\":\"RSA\",\"alg\":\"PS256\",\"n\":\"%s\",\"e\":\"%s\"", rsa_n, rsa_e);
     snprintf(jwk_rsa_b, sizeof(jwk_rsa_b), "\"kty\":\"RSA\",\"n\":\"%s\",\"e\":\"%s\"", rsa_b_n,
              rsa_b_e);
     snprintf(jwk_rsa1024, sizeof(jwk_rsa1024), "\"kty\":\"RSA\",\"n\":\"%s\",\"e\":\"AQAB\"",
              rsa1024_n);
     snprintf(jwk_ec256, sizeof(jwk_ec256),
-             "\"kty\":\"EC\",\"alg\":\"ES256\",\"crv\":\"P-256\",\"x\":\"%s\",\"y\":\"%s\"", ec256_x,
-             ec256_y);
-    snprintf(jwk_ec384, sizeof(jwk_ec384), "\"kty\":\"EC\",\"crv\":\"P-384\",\"x\":\"%s\",\"y\":\"%s\"",
-             ec384_x, ec384_y);
+             "\"kty\":\"EC\",\"alg\":\"ES256\",\"crv\":\"P-256\",\"x\":\"%s\",\"y\":\"%s\"",
+             ec256_x, ec256_y);
+    snprintf(jwk_ec384, sizeof(jwk_ec384),
+             "\"kty\":\"EC\",\"crv\":\"P-384\",\"x\":\"%s\",\"y\":\"%s\"", ec384_x, ec384_y);
     snprintf(jwk_ed, sizeof(jwk_ed), "\"kty\":\"OKP\",\"crv\":\"Ed25519\",\"x\":\"%s\"", ed_x);
     snprintf(jwk_hs, sizeof(jwk_hs), "\"kty\":\"oct\",\"alg\":\"HS256\",\"k\":\"%s\"", hs_k);
 
@@ -201,13 +201,13 @@ static int setup(void **state)
     if (!jwks_a || !jwks_b || !jwks_c)
         return -1;
 
-    issuers[0] = (struct tg_jwt_issuer){"https://a.example", aud_a, 2, jwks_a, ALL_ALGS, "sub",
-                                        "tenant", "tier", 30000};
-    issuers[1] = (struct tg_jwt_issuer){"https://b.example", NULL, 0, jwks_b, 1u << TG_JWT_RS256,
-                                        "email", NULL, NULL, 0};
-    issuers[2] = (struct tg_jwt_issuer){"https://c.example", NULL, 0, jwks_c,
-                                        (1u << TG_JWT_RS256) | (1u << TG_JWT_ES256), "sub", NULL,
-                                        NULL, 0};
+    issuers[0] = (struct tg_jwt_issuer){
+        "https://a.example", aud_a, 2, jwks_a, ALL_ALGS, "sub", "tenant", "tier", 30000};
+    issuers[1] = (struct tg_jwt_issuer){
+        "https://b.example", NULL, 0, jwks_b, 1u << TG_JWT_RS256, "email", NULL, NULL, 0};
+    unsigned c_algs = (1u << TG_JWT_RS256) | (1u << TG_JWT_ES256);
+    issuers[2] =
+        (struct tg_jwt_issuer){"https://c.example", NULL, 0, jwks_c, c_algs, "sub", NULL, NULL, 0};
     return 0;
 }
 
@@ -237,36 +237,43 @@ static int teardown(void **state)
 /* Signing and token building                                                                 */
 
 enum signer {
-    S_RS256, S_RS384, S_RS512, S_PS256, S_ES256, S_ES384, S_ED, S_HS,
-    S_RS256_B,      /* issuer B's key */
-    S_HS_PEM,       /* HS256 keyed with the RSA public key PEM (J5) */
-    S_HS_DER,       /* HS256 keyed with the RSA public key DER (J6) */
-    S_ES256_DER,    /* ES256 left DER-encoded (J24) */
-    S_ES256_ZERO,   /* r = s = 0 (J25) */
-    S_ES256_ORDER,  /* r = s = n (J26) */
-    S_ES256_HIGH_S, /* s replaced by n - s (J27) */
+    S_RS256,
+    S_RS384,
+    S_RS512,
+    S_PS256,
+    S_ES256,
+    S_ES384,
+    S_ED,
+    S_HS,
+    S_RS256_B,       /* issuer B's key */
+    S_HS_PEM,        /* HS256 keyed with the RSA public key PEM (J5) */
+    S_HS_DER,        /* HS256 keyed with the RSA public key DER (J6) */
+    S_ES256_DER,     /* ES256 left DER-encoded (J24) */
+    S_ES256_ZERO,    /* r = s = 0 (J25) */
+    S_ES256_ORDER,   /* r = s = n (J26) */
+    S_ES256_HIGH_S,  /* s replaced by n - s (J27) */
     S_PS256_MAXSALT, /* PSS with the longest salt instead of 32 bytes */
-    S_EMPTY,        /* no signature */
+    S_EMPTY,         /* no signature */
 };
 
 enum mutation {
     M_NONE,
-    M_SIG_FLIP,     /* one bit of the signature flipped */
-    M_SIG_TRUNC,    /* last signature byte dropped */
-    M_SIG_EXTEND,   /* one byte appended to the signature */
-    T_PAD,          /* '=' padding appended */
-    T_PLUS,         /* '+' in the signature */
-    T_SLASH,        /* '/' in the signature */
-    T_SPACE,        /* a space in the payload */
-    T_NUL,          /* a NUL byte in the payload segment */
-    T_NONCANON,     /* unused bits of the last signature character set */
-    T_ONE_DOT,      /* "h.ps" */
-    T_NO_DOT,       /* "hps" */
-    T_EXTRA_DOT,    /* four segments */
-    T_JWE,          /* five segments */
-    T_EMPTY_HDR,    /* ".p.s" */
-    T_EMPTY_PAY,    /* "h..s" */
-    T_NONE_HDR,     /* header replaced with {"alg":"none"}, signature kept (J4) */
+    M_SIG_FLIP,   /* one bit of the signature flipped */
+    M_SIG_TRUNC,  /* last signature byte dropped */
+    M_SIG_EXTEND, /* one byte appended to the signature */
+    T_PAD,        /* '=' padding appended */
+    T_PLUS,       /* '+' in the signature */
+    T_SLASH,      /* '/' in the signature */
+    T_SPACE,      /* a space in the payload */
+    T_NUL,        /* a NUL byte in the payload segment */
+    T_NONCANON,   /* unused bits of the last signature character set */
+    T_ONE_DOT,    /* "h.ps" */
+    T_NO_DOT,     /* "hps" */
+    T_EXTRA_DOT,  /* four segments */
+    T_JWE,        /* five segments */
+    T_EMPTY_HDR,  /* ".p.s" */
+    T_EMPTY_PAY,  /* "h..s" */
+    T_NONE_HDR,   /* header replaced with {"alg":"none"}, signature kept (J4) */
 };
 
 static const unsigned char p256_n[32] = {
@@ -285,8 +292,8 @@ static size_t evp_sign(EVP_PKEY *k, const char *md, int pad, const char *msg, si
     if (pad == RSA_PKCS1_PSS_PADDING || pad == -RSA_PKCS1_PSS_PADDING) {
         assert_int_equal(EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING), 1);
         assert_int_equal(EVP_PKEY_CTX_set_rsa_mgf1_md_name(pctx, md, NULL), 1);
-        assert_int_equal(EVP_PKEY_CTX_set_rsa_pss_saltlen(
-                             pctx, pad > 0 ? RSA_PSS_SALTLEN_DIGEST : RSA_PSS_SALTLEN_MAX),
+        assert_int_equal(EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, pad > 0 ? RSA_PSS_SALTLEN_DIGEST
+                                                                        : RSA_PSS_SALTLEN_MAX),
                          1);
     }
     assert_int_equal(EVP_DigestSign(ctx, sig, &len, (const unsigned char *)msg, n), 1);
@@ -318,8 +325,8 @@ static size_t hmac_with_pubkey(bool pem, const char *msg, size_t n, unsigned cha
         BIO *b = BIO_new(BIO_s_mem());
         assert_int_equal(PEM_write_bio_PUBKEY(b, k_rsa), 1);
         tlen = BIO_get_mem_data(b, &text);
-        assert_non_null(HMAC(EVP_sha256(), text, (int)tlen, (const unsigned char *)msg, n, sig,
-                             &len));
+        assert_non_null(
+            HMAC(EVP_sha256(), text, (int)tlen, (const unsigned char *)msg, n, sig, &len));
         BIO_free(b);
     } else {
         int dl = i2d_PUBKEY(k_rsa, &der);
@@ -342,10 +349,8 @@ static size_t sign(enum signer s, const char *msg, size_t n, unsigned char *sig,
     case S_PS256_MAXSALT:
         return evp_sign(k_rsa, "SHA256", -RSA_PKCS1_PSS_PADDING, msg, n, sig, cap);
     case S_RS256_B: return evp_sign(k_rsa_b, "SHA256", RSA_PKCS1_PADDING, msg, n, sig, cap);
-    case S_ES256:
-        return der_to_raw(sig, evp_sign(k_ec256, "SHA256", 0, msg, n, sig, cap), 32);
-    case S_ES384:
-        return der_to_raw(sig, evp_sign(k_ec384, "SHA384", 0, msg, n, sig, cap), 48);
+    case S_ES256: return der_to_raw(sig, evp_sign(k_ec256, "SHA256", 0, msg, n, sig, cap), 32);
+    case S_ES384: return der_to_raw(sig, evp_sign(k_ec384, "SHA384", 0, msg, n, sig, cap), 48);
     case S_ES256_DER: return evp_sign(k_ec256, "SHA256", 0, msg, n, sig, cap);
     case S_ES256_ZERO: memset(sig, 0, 64); return 64;
     case S_ES256_ORDER:
@@ -363,8 +368,8 @@ static size_t sign(enum signer s, const char *msg, size_t n, unsigned char *sig,
     }
     case S_ED: return evp_sign(k_ed, NULL, 0, msg, n, sig, cap);
     case S_HS:
-        assert_non_null(HMAC(EVP_sha256(), k_hs, sizeof(k_hs), (const unsigned char *)msg, n, sig,
-                             &hl));
+        assert_non_null(
+            HMAC(EVP_sha256(), k_hs, sizeof(k_hs), (const unsigned char *)msg, n, sig, &hl));
         return hl;
     case S_HS_PEM: return hmac_with_pubkey(true, msg, n, sig);
     case S_HS_DER: return hmac_with_pubkey(false, msg, n, sig);
@@ -788,8 +793,8 @@ static void test_claims_out(void **state)
     free(t.s);
 
     /* No nbf: nbf_ms 0; tenant and policy "". */
-    t = make_token("{\"alg\":\"RS256\"}", "{\"email\":\"e\"," ISS_B ",\"exp\":1750000001}", S_RS256_B,
-                   M_NONE);
+    t = make_token("{\"alg\":\"RS256\"}", "{\"email\":\"e\"," ISS_B ",\"exp\":1750000001}",
+                   S_RS256_B, M_NONE);
     assert_int_equal(tg_jwt_verify(t.s, t.len, issuers, 3, NOW_MS, &c), TG_JWT_OK);
     assert_int_equal(c.nbf_ms, 0);
     assert_string_equal(c.tenant, "");
@@ -809,9 +814,9 @@ static void test_claim_lengths(void **state)
         size_t len;
         enum tg_jwt_status want;
     } rows[] = {
-        {"sub", 255, TG_JWT_OK},     {"sub", 256, TG_JWT_BAD_CLAIM},
-        {"tenant", 255, TG_JWT_OK},  {"tenant", 256, TG_JWT_BAD_CLAIM},
-        {"tier", 127, TG_JWT_OK},    {"tier", 128, TG_JWT_BAD_CLAIM},
+        {"sub", 255, TG_JWT_OK},    {"sub", 256, TG_JWT_BAD_CLAIM},
+        {"tenant", 255, TG_JWT_OK}, {"tenant", 256, TG_JWT_BAD_CLAIM},
+        {"tier", 127, TG_JWT_OK},   {"tier", 128, TG_JWT_BAD_CLAIM},
     };
     for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++) {
         char val[300], pay[600];
@@ -821,7 +826,8 @@ static void test_claim_lengths(void **state)
             snprintf(pay, sizeof(pay), "{\"sub\":\"%s\"," ISS_A ",\"aud\":\"tollgate\"," TIMES "}",
                      val);
         else
-            snprintf(pay, sizeof(pay), "{\"sub\":\"u\",\"%s\":\"%s\"," ISS_A ",\"aud\":\"tollgate\"," TIMES "}",
+            snprintf(pay, sizeof(pay),
+                     "{\"sub\":\"u\",\"%s\":\"%s\"," ISS_A ",\"aud\":\"tollgate\"," TIMES "}",
                      rows[i].claim, val);
         struct token t = make_token(H("EdDSA", "ed1"), pay, S_ED, M_NONE);
         struct tg_jwt_claims c;
@@ -848,8 +854,9 @@ static void test_size_limit(void **state)
     size_t pad = 5000;
     struct token t = {NULL, 0};
     for (;; pad++) {
-        snprintf(pay, TG_JWT_MAX_TOKEN, "{\"sub\":\"u1\"," ISS_A ",\"aud\":\"tollgate\"," TIMES
-                 ",\"pad\":\"%0*d\"}", (int)pad, 0);
+        snprintf(pay, TG_JWT_MAX_TOKEN,
+                 "{\"sub\":\"u1\"," ISS_A ",\"aud\":\"tollgate\"," TIMES ",\"pad\":\"%0*d\"}",
+                 (int)pad, 0);
         struct token n = make_token(H("HS256", "hs1"), pay, S_HS, M_NONE);
         if (n.len > TG_JWT_MAX_TOKEN) {
             /* n is a validly signed token one step over the limit. */
@@ -889,8 +896,10 @@ static void test_bitflips(void **state)
     static const struct {
         const char *hdr;
         enum signer s;
-    } algs[] = {{H("RS256", "rsa1"), S_RS256}, {H("ES256", "ec256"), S_ES256},
-                {H("EdDSA", "ed1"), S_ED},     {H("HS256", "hs1"), S_HS}};
+    } algs[] = {{H("RS256", "rsa1"), S_RS256},
+                {H("ES256", "ec256"), S_ES256},
+                {H("EdDSA", "ed1"), S_ED},
+                {H("HS256", "hs1"), S_HS}};
     struct tg_jwt_claims c;
     for (size_t a = 0; a < sizeof(algs) / sizeof(algs[0]); a++) {
         struct token t = make_token(algs[a].hdr, P_OK, algs[a].s, M_NONE);
@@ -915,15 +924,17 @@ static void test_bitflips(void **state)
 static void test_pyjwt_interop(void **state)
 {
     char path[PATH_MAX], err[512], line[TG_JWT_MAX_TOKEN + 2];
-    assert_true(snprintf(path, sizeof(path), "%s/jwt/fuzz-jwks.json", data_dir) < (int)sizeof(path));
+    assert_true(snprintf(path, sizeof(path), "%s/jwt/fuzz-jwks.json", data_dir) <
+                (int)sizeof(path));
     struct tg_jwks *set = tg_jwks_load(path, err, sizeof(err));
     if (!set)
         fail_msg("%s", err);
     assert_int_equal(tg_jwks_count(set), 5);
     static const char *const aud[] = {"tollgate"};
-    struct tg_jwt_issuer iss = {"https://fuzz.example", aud, 1, set, ALL_ALGS, "sub", "tenant",
-                                "tier", 0};
-    assert_true(snprintf(path, sizeof(path), "%s/jwt/fuzz-tokens.txt", data_dir) < (int)sizeof(path));
+    struct tg_jwt_issuer iss = {
+        "https://fuzz.example", aud, 1, set, ALL_ALGS, "sub", "tenant", "tier", 0};
+    assert_true(snprintf(path, sizeof(path), "%s/jwt/fuzz-tokens.txt", data_dir) <
+                (int)sizeof(path));
     FILE *f = fopen(path, "r");
     assert_non_null(f);
     unsigned seen = 0;
@@ -966,16 +977,17 @@ static void test_jwks_ok(void **state)
 
 struct jwks_bad {
     const char *name;
-    const char *base;   /* JWK members (a jwk_* string), or NULL for a literal document */
-    const char *extra;  /* members added after base (a later duplicate replaces: see below) */
-    const char *doc;    /* whole document when base is NULL */
-    const char *error;  /* expected message after "PATH: " */
+    const char *base;  /* JWK members (a jwk_* string), or NULL for a literal document */
+    const char *extra; /* members added after base (a later duplicate replaces: see below) */
+    const char *doc;   /* whole document when base is NULL */
+    const char *error; /* expected message after "PATH: " */
 };
 
 static void test_jwks_errors(void **state)
 {
     const struct jwks_bad rows[] = {
-        {"RSA private exponent", jwk_rsa, ",\"d\":\"AQAB\"", NULL, "keys[1].d: private key material"},
+        {"RSA private exponent", jwk_rsa, ",\"d\":\"AQAB\"", NULL,
+         "keys[1].d: private key material"},
         {"RSA private prime", jwk_rsa, ",\"p\":\"AQAB\"", NULL, "keys[1].p: private key material"},
         {"EC private key", jwk_ec256, ",\"d\":\"AQAB\"", NULL, "keys[1].d: private key material"},
         {"OKP private key", jwk_ed, ",\"d\":\"AQAB\"", NULL, "keys[1].d: private key material"},
@@ -987,7 +999,8 @@ static void test_jwks_errors(void **state)
          "keys[1].crv: unsupported curve \"P-521\""},
         {"EC secp256k1", "\"kty\":\"EC\",\"crv\":\"secp256k1\",\"x\":\"AA\",\"y\":\"AA\"", "", NULL,
          "keys[1].crv: unsupported curve"},
-        {"EC crv missing", "\"kty\":\"EC\",\"x\":\"AA\",\"y\":\"AA\"", "", NULL, "keys[1].crv: missing"},
+        {"EC crv missing", "\"kty\":\"EC\",\"x\":\"AA\",\"y\":\"AA\"", "", NULL,
+         "keys[1].crv: missing"},
         {"OKP X25519", "\"kty\":\"OKP\",\"crv\":\"X25519\",\"x\":\"AA\"", "", NULL,
          "keys[1].crv: unsupported curve \"X25519\""},
         {"EC P-384 coordinates as P-256", NULL, NULL, NULL, NULL}, /* filled below */
@@ -998,8 +1011,10 @@ static void test_jwks_errors(void **state)
          "keys[1].key_ops: does not allow \"verify\""},
         {"alg of another key type", jwk_rsa, ",\"alg\":\"ES256\"", NULL,
          "keys[1].alg: ES256 does not fit a RSA key"},
-        {"alg HS256 on an EC key", jwk_ec384, ",\"alg\":\"HS256\"", NULL, "keys[1].alg: HS256 does not fit"},
-        {"alg unknown", jwk_rsa, ",\"alg\":\"RSA-OAEP\"", NULL, "keys[1].alg: unsupported algorithm"},
+        {"alg HS256 on an EC key", jwk_ec384, ",\"alg\":\"HS256\"", NULL,
+         "keys[1].alg: HS256 does not fit"},
+        {"alg unknown", jwk_rsa, ",\"alg\":\"RSA-OAEP\"", NULL,
+         "keys[1].alg: unsupported algorithm"},
         {"alg none", jwk_hs, "", NULL, NULL}, /* filled below */
         {"oct 16 bytes", "\"kty\":\"oct\",\"k\":\"AAAAAAAAAAAAAAAAAAAAAA\"", "", NULL,
          "keys[1].k: HMAC secret of 16 bytes"},
@@ -1009,8 +1024,9 @@ static void test_jwks_errors(void **state)
         {"e with +", "\"kty\":\"RSA\",\"n\":\"AQAB\",\"e\":\"A+AB\"", "", NULL,
          "keys[1].e: not canonical base64url"},
         {"n missing", "\"kty\":\"RSA\",\"e\":\"AQAB\"", "", NULL, "keys[1].n: missing"},
-        {"n not a string", "\"kty\":\"RSA\",\"n\":5,\"e\":\"AQAB\"", "", NULL, "keys[1].n: must be"},
-        {"e even", NULL, NULL, NULL, NULL},   /* filled below */
+        {"n not a string", "\"kty\":\"RSA\",\"n\":5,\"e\":\"AQAB\"", "", NULL,
+         "keys[1].n: must be"},
+        {"e even", NULL, NULL, NULL, NULL},       /* filled below */
         {"e of 9 bytes", NULL, NULL, NULL, NULL}, /* filled below */
         {"kid empty", jwk_ed, ",\"kid\":\"\"", NULL, "keys[1].kid: must be a string"},
         {"kid number", jwk_ed, ",\"kid\":7", NULL, "keys[1].kid: must be a string"},
@@ -1019,7 +1035,8 @@ static void test_jwks_errors(void **state)
         {"keys empty", NULL, NULL, "{\"keys\":[]}", "keys: must be a non-empty array"},
         {"top-level array", NULL, NULL, "[{\"kty\":\"oct\"}]", "keys: must be a non-empty array"},
         {"not JSON", NULL, NULL, "{\"keys\":[", "line 1"},
-        {"duplicate member", NULL, NULL, "{\"keys\":[],\"keys\":[]}", "line 1 column 17: duplicate object key"},
+        {"duplicate member", NULL, NULL, "{\"keys\":[],\"keys\":[]}",
+         "line 1 column 17: duplicate object key"},
         {"duplicate kid", NULL, NULL, NULL, NULL}, /* filled below */
     };
     size_t nrows = sizeof(rows) / sizeof(rows[0]);
@@ -1038,14 +1055,17 @@ static void test_jwks_errors(void **state)
              jwk_ec256);
     for (size_t i = 0; i < nrows; i++) {
         if (strcmp(r[i].name, "EC P-384 coordinates as P-256") == 0)
-            r[i] = (struct jwks_bad){r[i].name, p384_as_256, "", NULL, "keys[1].x: must be 32 bytes"};
+            r[i] =
+                (struct jwks_bad){r[i].name, p384_as_256, "", NULL, "keys[1].x: must be 32 bytes"};
         else if (strcmp(r[i].name, "EC point not on the curve") == 0)
-            r[i] = (struct jwks_bad){r[i].name, off_curve, "", NULL, "keys[1].x: not a valid P-256"};
+            r[i] =
+                (struct jwks_bad){r[i].name, off_curve, "", NULL, "keys[1].x: not a valid P-256"};
         else if (strcmp(r[i].name, "alg none") == 0)
             r[i] = (struct jwks_bad){r[i].name, hs_none, "", NULL,
                                      "keys[1].alg: unsupported algorithm"};
         else if (strcmp(r[i].name, "e even") == 0)
-            r[i] = (struct jwks_bad){r[i].name, rsa_even, "", NULL, "keys[1].e: RSA public exponent"};
+            r[i] =
+                (struct jwks_bad){r[i].name, rsa_even, "", NULL, "keys[1].e: RSA public exponent"};
         else if (strcmp(r[i].name, "e of 9 bytes") == 0)
             r[i] = (struct jwks_bad){r[i].name, rsa_e9, "", NULL, "keys[1].e: RSA public exponent"};
         else if (strcmp(r[i].name, "duplicate kid") == 0)
@@ -1064,7 +1084,8 @@ static void test_jwks_errors(void **state)
         if (j)
             fail_msg("%s: loaded", r[i].name);
         if (r[i].error) {
-            assert_true(snprintf(want, sizeof(want), "%s: %s", path, r[i].error) < (int)sizeof(want));
+            assert_true(snprintf(want, sizeof(want), "%s: %s", path, r[i].error) <
+                        (int)sizeof(want));
             if (strncmp(err, want, strlen(want)) != 0)
                 fail_msg("%s:\n  got  %s\n  want %s...", r[i].name, err, want);
         } else if (strncmp(err, path, strlen(path)) != 0 || !strstr(err, "keys[1].")) {
@@ -1089,8 +1110,8 @@ static void test_names(void **state)
 {
     for (int a = 0; a < TG_JWT_ALG_COUNT; a++)
         assert_int_equal(tg_jwt_alg_parse(tg_jwt_alg_name((enum tg_jwt_alg)a)), a);
-    static const char *const bad[] = {"none", "None", "NONE", "", "rs256", "RS256 ", "ES512",
-                                      "HS384", "PS384", "PS512", "EdDSA\n", "ED25519"};
+    static const char *const bad[] = {"none",  "None",  "NONE",  "",      "rs256",   "RS256 ",
+                                      "ES512", "HS384", "PS384", "PS512", "EdDSA\n", "ED25519"};
     for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
         assert_int_equal(tg_jwt_alg_parse(bad[i]), -1);
     assert_int_equal(tg_jwt_alg_parse(NULL), -1);
@@ -1234,10 +1255,22 @@ static bool fm_should_fail(void)
     }
     return false;
 }
-static void *fm_malloc(size_t n) { return fm_should_fail() ? NULL : malloc(n); }
-static void *fm_calloc(size_t n, size_t m) { return fm_should_fail() ? NULL : calloc(n, m); }
-static void *fm_realloc(void *p, size_t n) { return fm_should_fail() ? NULL : realloc(p, n); }
-static void fm_free(void *p) { free(p); }
+static void *fm_malloc(size_t n)
+{
+    return fm_should_fail() ? NULL : malloc(n);
+}
+static void *fm_calloc(size_t n, size_t m)
+{
+    return fm_should_fail() ? NULL : calloc(n, m);
+}
+static void *fm_realloc(void *p, size_t n)
+{
+    return fm_should_fail() ? NULL : realloc(p, n);
+}
+static void fm_free(void *p)
+{
+    free(p);
+}
 static const struct tg_allocator fm_allocator = {fm_malloc, fm_calloc, fm_realloc, fm_free};
 
 static void fm_begin(unsigned long n)
@@ -1298,18 +1331,12 @@ static void test_failmalloc(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_names),
-        cmocka_unit_test(test_verify_table),
-        cmocka_unit_test(test_claims_out),
-        cmocka_unit_test(test_claim_lengths),
-        cmocka_unit_test(test_size_limit),
-        cmocka_unit_test(test_bitflips),
-        cmocka_unit_test(test_pyjwt_interop),
-        cmocka_unit_test(test_jwks_ok),
-        cmocka_unit_test(test_jwks_errors),
-        cmocka_unit_test(test_cache),
-        cmocka_unit_test(test_cache_eviction),
-        cmocka_unit_test(test_cache_with_verify),
+        cmocka_unit_test(test_names),          cmocka_unit_test(test_verify_table),
+        cmocka_unit_test(test_claims_out),     cmocka_unit_test(test_claim_lengths),
+        cmocka_unit_test(test_size_limit),     cmocka_unit_test(test_bitflips),
+        cmocka_unit_test(test_pyjwt_interop),  cmocka_unit_test(test_jwks_ok),
+        cmocka_unit_test(test_jwks_errors),    cmocka_unit_test(test_cache),
+        cmocka_unit_test(test_cache_eviction), cmocka_unit_test(test_cache_with_verify),
         cmocka_unit_test(test_failmalloc),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
