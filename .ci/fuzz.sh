@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 SECS=${FUZZ_SECONDS:-20}
 JOBS=$(nproc 2>/dev/null || echo 2)
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DTG_FUZZ=ON >/dev/null
-cmake --build build-fuzz -j "$JOBS" --target fuzz_h1_head fuzz_chunked fuzz_jwt
+cmake --build build-fuzz -j "$JOBS" --target fuzz_h1_head fuzz_chunked fuzz_jwt fuzz_audit_verify
 export TG_TEST_DATA="$PWD/tests/data"
-for t in h1_head chunked jwt; do
+for t in h1_head chunked jwt audit_verify; do
     scratch="build-fuzz/corpus-$t"
     mkdir -p "$scratch"
     extra=""
@@ -23,4 +23,4 @@ for t in h1_head chunked jwt; do
         { tail -40 "build-fuzz/fuzz-$t.log"; exit 1; }
     grep -E "^Done|DONE" "build-fuzz/fuzz-$t.log" | tail -1 || true
 done
-echo "fuzz smoke ok: 3 targets, no crash"
+echo "fuzz smoke ok: 4 targets, no crash"

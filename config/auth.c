@@ -5,7 +5,9 @@
  */
 #include "config/schema.h"
 
+#include <errno.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <openssl/crypto.h>
 
@@ -219,6 +221,8 @@ static int parse_jwt(struct tg_cfg_ctx *ctx, json_t *v, void *obj)
         return tg_schema_err(ctx, "expected a list of issuers");
     if (json_array_size(v) == 0)
         return 0;
+    if (json_array_size(v) > 16)
+        return tg_schema_err(ctx, "at most 16 issuers are supported");
     a->jwt = tg_mem_calloc(json_array_size(v), sizeof(*a->jwt));
     if (!a->jwt)
         return tg_schema_nomem(ctx);
@@ -318,4 +322,98 @@ void tg_config_free_auth(struct tg_config *c)
     memset(a, 0, sizeof(*a));
     c->policies = NULL;
     c->npolicies = 0;
+}
+
+/* ---- audit ---- */
+
+static const struct tg_field_enum fsync_names[] = {
+    {"always", 0},
+    {"interval", 1},
+    {"never", 2},
+    {NULL, 0},
+};
+
+static const struct tg_field_enum queue_full_names[] = {
+    {"reject", 0},
+    {"block", 1},
+    {NULL, 0},
+};
+
+/* The log is written, not read: its directory must exist; the file may not yet. */
+static int parse_audit_file(struct tg_cfg_ctx *ctx, json_t *v, void *obj)
+{
+    struct tg_cfg_audit *a = obj;
+    if (!v || !json_is_string(v) || json_string_length(v) == 0)
+        return tg_schema_err(ctx, "expected the path of the audit log file");
+    a->file = tg_config_resolve_path(ctx, json_string_value(v));
+    if (!a->file)
+        return tg_schema_nomem(ctx);
+    char *slash = strrchr(a->file, '/');
+    char dir[4096];
+    size_t dl = slash == a->file ? 1 : (size_t)(slash - a->file);
+    if (dl >= sizeof(dir))
+        return tg_schema_err(ctx, "path too long");
+    memcpy(dir, a->file, dl);
+    dir[dl] = '\0';
+    if (access(dir, W_OK | X_OK) != 0) {
+        char q[300];
+        return tg_schema_err(ctx, "directory %s is not writable: %s",
+                             tg_schema_quote(dir, q, sizeof(q)), strerror(errno));
+    }
+    return 0;
+}
+
+static int parse_audit_key(struct tg_cfg_ctx *ctx, json_t *v, void *obj)
+{
+    struct tg_cfg_audit *a = obj;
+    if (!v || !json_is_string(v) || json_string_length(v) == 0)
+        return tg_schema_err(ctx, "expected the name of an environment variable");
+    char *val = NULL;
+    int rv = tg_config_getenv(ctx, json_string_value(v), &val);
+    if (rv)
+        return rv;
+    if (strlen(val) < 32) {
+        OPENSSL_cleanse(val, strlen(val));
+        tg_mem_free(val);
+        return tg_schema_err(ctx, "the key in $%s must be at least 32 bytes",
+                             json_string_value(v));
+    }
+    a->hmac_key_len = strlen(val);
+    a->hmac_key = (unsigned char *)val;
+    return 0;
+}
+
+static const struct tg_field audit_fields[] = {
+    TG_F_CUSTOM("file", parse_audit_file, true),
+    TG_F_ENUM(struct tg_cfg_audit, fsync, "fsync", fsync_names, 1),
+    TG_F_UINT(struct tg_cfg_audit, fsync_interval_ms, "fsync_interval_ms", 1, 60000, 1000, false),
+    TG_F_CUSTOM("hmac_key_env", parse_audit_key, true),
+    TG_F_UINT(struct tg_cfg_audit, queue_records, "queue_records", 16, 10000000, 65536, false),
+    TG_F_ENUM(struct tg_cfg_audit, on_queue_full_block, "on_queue_full", queue_full_names, 0),
+};
+
+int tg_config_parse_audit(struct tg_cfg_ctx *ctx, json_t *v, void *obj)
+{
+    struct tg_config *c = obj;
+    if (!v)
+        return 0;
+    if (!json_is_object(v))
+        return tg_schema_err(ctx, "expected an object");
+    int rv = tg_schema_apply(ctx, v, audit_fields, sizeof(audit_fields) / sizeof(audit_fields[0]),
+                             &c->audit);
+    if (rv)
+        return rv;
+    c->audit.enabled = true;
+    return 0;
+}
+
+void tg_config_free_audit(struct tg_config *c)
+{
+    struct tg_cfg_audit *a = &c->audit;
+    tg_mem_free(a->file);
+    if (a->hmac_key) {
+        OPENSSL_cleanse(a->hmac_key, a->hmac_key_len);
+        tg_mem_free(a->hmac_key);
+    }
+    memset(a, 0, sizeof(*a));
 }

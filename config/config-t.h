@@ -144,6 +144,18 @@ struct tg_cfg_policy {
     size_t nmodels;  /* count */
 };
 
+/* audit */
+struct tg_cfg_audit {
+    bool enabled;                 /* an "audit" block is present */
+    char *file;                   /* absolute path of the log */
+    int fsync;                    /* enum tg_audit_fsync: always, interval (default), never */
+    uint64_t fsync_interval_ms;   /* default 1000 */
+    unsigned char *hmac_key;      /* secret from hmac_key_env (>= 32 bytes), wiped on free */
+    size_t hmac_key_len;          /* its length */
+    uint32_t queue_records;       /* default 65536 */
+    bool on_queue_full_block;     /* "block" (true) or "reject" (false, default) */
+};
+
 struct tg_config {
     atomic_uint refcnt;                /* references held; freed at zero */
     uint64_t version;                  /* set by the server: 1, 2, ... per successful load */
@@ -161,6 +173,7 @@ struct tg_config {
     struct tg_cfg_route *routes;       /* sorted by prefix_len, longest first */
     size_t nroutes;                    /* count */
     struct tg_cfg_auth auth;           /* authentication (auth.enabled false: none) */
+    struct tg_cfg_audit audit;         /* audit log (audit.enabled false: none) */
     struct tg_cfg_policy *policies;    /* named policies */
     size_t npolicies;                  /* count */
     char *error_log_file;              /* NULL for stderr */

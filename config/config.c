@@ -70,6 +70,7 @@ void tg_config_free(struct tg_config *c)
     }
     tg_mem_free(c->routes);
     tg_config_free_auth(c);
+    tg_config_free_audit(c);
     tg_mem_free(c->error_log_file);
     tg_mem_free(c->path);
     tg_mem_free(c->dir);

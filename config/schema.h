@@ -198,6 +198,10 @@ void tg_config_sort_routes(struct tg_config *c);
 int tg_config_parse_auth(struct tg_cfg_ctx *ctx, json_t *v, void *obj);
 /* auth.c: the "policies" section (obj is the tg_config). */
 int tg_config_parse_policies(struct tg_cfg_ctx *ctx, json_t *v, void *obj);
+/* auth.c: the "audit" section (obj is the tg_config). */
+int tg_config_parse_audit(struct tg_cfg_ctx *ctx, json_t *v, void *obj);
+/* auth.c: free the audit section (wipes the HMAC key). */
+void tg_config_free_audit(struct tg_config *c);
 /* auth.c: free what the two sections above allocated (wipes the pepper). */
 void tg_config_free_auth(struct tg_config *c);
 

@@ -599,7 +599,7 @@ static const struct tg_field root_fields[] = {
     TG_F_CUSTOM("policies", tg_config_parse_policies, false),
     TG_F_CUSTOM("pricing", unsupported, false),
     TG_F_CUSTOM("quota", parse_quota, false),
-    TG_F_CUSTOM("audit", unsupported, false),
+    TG_F_CUSTOM("audit", tg_config_parse_audit, false),
     TG_F_CUSTOM("error_log", parse_error_log, false),
 };
 

@@ -135,8 +135,21 @@ static int check_auth(struct tg_cfg_ctx *ctx)
     struct tg_config *c = ctx->cfg;
     const struct tg_cfg_auth *a = &c->auth;
     char q[100];
-    if (!a->enabled)
+    if (!a->enabled) {
+        /* Restrictions nobody could enforce must not look enforced. */
+        for (size_t i = 0; i < c->nroutes; i++)
+            if (c->routes[i].policies) {
+                set_path(ctx, "routes", i, "policies");
+                return tg_schema_err(ctx, "needs an \"auth\" block (no caller has a policy "
+                                          "without authentication)");
+            }
+        for (size_t i = 0; i < c->nlisteners; i++)
+            if (c->listeners[i].tls && c->listeners[i].tls->client_cert_policy) {
+                set_path(ctx, "listeners", i, "tls.client_cert_policy");
+                return tg_schema_err(ctx, "needs an \"auth\" block");
+            }
         return 0;
+    }
     bool mtls = false;
     for (size_t i = 0; i < c->nlisteners; i++)
         if (c->listeners[i].tls && c->listeners[i].tls->client_ca_file)

@@ -272,7 +272,8 @@ static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_r
                            "auth.missing");
         return TG_FILTER_REPLIED;
     }
-    if (a->njwt && looks_like_jwt(cred))
+    /* SPEC §3: JWTs come in Authorization: Bearer only; x-api-key holds API keys. */
+    if (a->njwt && authz.base && looks_like_jwt(cred))
         return by_jwt(req, cred, now);
     if (a->keyring)
         return by_key(req, cred, now);

@@ -12,6 +12,7 @@
 
 #include "config/config.h"
 #include "filters/filters.h"
+#include "proxy/buf.h"
 #include "proxy/req.h"
 
 struct authz_ctx {
@@ -35,13 +36,36 @@ static bool model_allowed(const struct tg_cfg_policy *p, const char *model)
     return false;
 }
 
+/*
+ * SPEC §3: on "openai" routes the OpenAI endpoints' bodies are inspected
+ * (POST .../chat/completions, .../completions, .../embeddings, .../responses);
+ * other requests under the prefix (GET /v1/models ...) pass as they are.
+ */
+static bool is_openai_endpoint(const struct tg_req *req)
+{
+    static const char *const ends[] = {"/chat/completions", "/completions", "/embeddings",
+                                       "/responses"};
+    if (!tg_iov_eq(req->method, TG_IOV_LIT("POST")))
+        return false;
+    size_t len = 0;
+    while (len < req->path.len && req->path.base[len] != '?')
+        len++;
+    for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++) {
+        size_t n = strlen(ends[i]);
+        if (len >= n && memcmp(req->path.base + len - n, ends[i], n) == 0)
+            return true;
+    }
+    return false;
+}
+
 static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_req *req)
 {
     struct authz_ctx *ctx = f->ctx;
     const struct tg_cfg_policy *p = req->identity.policy;
     const struct tg_cfg_route *r = req->route;
+    bool inspect = r->api == TG_API_OPENAI && is_openai_endpoint(req);
     if (!req->cfg->auth.enabled) {
-        if (r->api != TG_API_OPENAI)
+        if (!inspect)
             return TG_FILTER_CONTINUE;
         /* No callers to tell apart, but an OpenAI body still needs its model. */
         ctx->holding = true;
@@ -63,7 +87,7 @@ static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_r
             return TG_FILTER_REPLIED;
         }
     }
-    if (r->api == TG_API_OPENAI) {
+    if (inspect) {
         ctx->holding = true;
         tg_req_hold_body(req, f);
         return TG_FILTER_STOP;
@@ -81,14 +105,19 @@ static enum tg_filter_status on_request_data(struct tg_filter *f, struct tg_req 
     json_error_t jerr;
     json_t *doc = body.len ? json_loadb(body.base, body.len, JSON_REJECT_DUPLICATES, &jerr) : NULL;
     json_t *m = json_is_object(doc) ? json_object_get(doc, "model") : NULL;
-    if (!json_is_string(m) || json_string_length(m) == 0) {
+    if (!json_is_string(m) || json_string_length(m) == 0 || json_string_length(m) > 256) {
         json_decref(doc);
         tg_req_reply_error(req, 400, "invalid_request",
                            "the request body must be a JSON object with a model string",
                            "limits.invalid_request");
         return TG_FILTER_REPLIED;
     }
-    bool ok = !req->identity.policy || model_allowed(req->identity.policy, json_string_value(m));
+    const char *model = json_string_value(m);
+    req->model = tg_arena_strndup(&req->arena, model, strlen(model));
+    json_t *st = json_object_get(doc, "stream");
+    if (json_is_boolean(st))
+        req->stream = json_is_true(st) ? 1 : 0;
+    bool ok = !req->identity.policy || model_allowed(req->identity.policy, model);
     json_decref(doc);
     if (!ok) {
         tg_req_reply_error(req, 403, "model_not_allowed",

@@ -6,6 +6,8 @@
 
 #include "proxy/filter-t.h"
 
+/* audit.c: one record per request at completion; 503 when the audit queue is full. */
+extern const struct tg_filter_ops tg_filter_audit;
 /* route.c: longest-prefix route from the pinned snapshot; 404 route_not_found. */
 extern const struct tg_filter_ops tg_filter_route;
 /* authn.c: damping, then API key / JWT / client certificate; 401 / 429. */

@@ -3,6 +3,7 @@
 #include "proxy/filter.h"
 
 const struct tg_filter_ops *const tg_filter_registry[] = {
+    &tg_filter_audit, /* first, so its on_complete runs last */
     &tg_filter_route,
     &tg_filter_authn,
     &tg_filter_authz,

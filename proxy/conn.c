@@ -16,6 +16,7 @@
 #include "proxy/listener.h"
 #include "proxy/log.h"
 #include "proxy/mem.h"
+#include "proxy/metrics.h"
 #include "proxy/session.h"
 #include "proxy/tls.h"
 #include "proxy/worker.h"
@@ -50,6 +51,11 @@ static void on_handle_closed(uv_handle_t *h)
     struct tg_worker *w = c->worker;
     tg_mem_free(c);
     atomic_fetch_sub(&tg_listener_conns, 1);
+    if (w->metrics)
+        atomic_store_explicit(&w->metrics->connections_open,
+                              atomic_load_explicit(&w->metrics->connections_open,
+                                                   memory_order_relaxed) - 1,
+                              memory_order_relaxed);
     tg_worker_conn_gone(w);
 }
 
@@ -450,6 +456,13 @@ int tg_conn_accept(struct tg_worker *w, struct tg_listener *l, uv_stream_t *serv
     c->worker = w;
     c->listener = l;
     atomic_fetch_add(&tg_listener_conns, 1);
+    if (w->metrics) {
+        tg_counter_add(&w->metrics->connections_accepted, 1);
+        atomic_store_explicit(&w->metrics->connections_open,
+                              atomic_load_explicit(&w->metrics->connections_open,
+                                                   memory_order_relaxed) + 1,
+                              memory_order_relaxed);
+    }
     uv_tcp_init(&w->loop, &c->tcp);
     uv_timer_init(&w->loop, &c->timer);
     c->tcp.data = c;

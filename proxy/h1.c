@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "config/config.h"
+#include "filters/audit.h"
 #include "proxy/buf.h"
 #include "proxy/conn.h"
 #include "proxy/listener.h"
@@ -98,6 +99,11 @@ static void raw_error(struct h1_sess *s, int status, const char *code, const cha
                       status, reason_phrase(status), bn);
     struct tg_iov v[2] = {{head, (size_t)hn}, {body, (size_t)bn}};
     tg_conn_write(s->conn, v, 2);
+    tg_audit_raw_request(s->cfg, s->conn->peer_ip, s->conn->peer_port, s->conn->tls_version,
+                         status, status == 408 ? "limits.header_timeout"
+                                 : status == 431 ? "limits.header_size"
+                                 : status == 503 ? "server.nomem"
+                                                 : "limits.invalid_request");
     s->state = H1_CLOSED;
     tg_conn_read_stop(s->conn);
     tg_conn_timer_stop(s->conn);
@@ -374,6 +380,7 @@ static int fill_req(struct h1_sess *s, struct tg_req *req, const struct tg_h1_he
     req->tls = s->conn->ssl != NULL;
     req->mtls_principal = s->conn->client_principal;
     req->listener = s->conn->listener->name;
+    req->tls_version = s->conn->tls_version;
     memcpy(req->client_ip, s->conn->peer_ip, sizeof(req->client_ip));
     req->client_port = s->conn->peer_port;
     for (size_t i = 0; i < h->nheaders; i++) {

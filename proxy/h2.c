@@ -348,6 +348,7 @@ static int on_begin_headers(nghttp2_session *ng, const nghttp2_frame *frame, voi
     req->tls = s->conn->ssl != NULL;
     req->mtls_principal = s->conn->client_principal;
     req->listener = s->conn->listener->name;
+    req->tls_version = s->conn->tls_version;
     memcpy(req->client_ip, s->conn->peer_ip, sizeof(req->client_ip));
     req->client_port = s->conn->peer_port;
     nghttp2_session_set_stream_user_data(ng, st->id, st);
@@ -542,6 +543,11 @@ static int on_stream_close(nghttp2_session *ng, int32_t id, uint32_t error_code,
     if (st->req) {
         struct tg_req *req = st->req;
         st->req = NULL;
+        if (!st->started && error_code == NGHTTP2_PROTOCOL_ERROR && !req->outcome.reason) {
+            /* nghttp2 refused a malformed request head (RFC 9113 §8.1.1). */
+            req->outcome.reason = "limits.invalid_request";
+            req->outcome.denied = true;
+        }
         if (!req->resp_end_sent || st->out.bytes || !st->out_end)
             tg_req_client_abort(req);
         tg_req_free(req);

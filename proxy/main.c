@@ -10,6 +10,7 @@
 
 #include "config/config.h"
 #include "filters/apikey.h"
+#include "filters/audit_writer.h"
 #include "proxy/server.h"
 
 static void usage(FILE *f)
@@ -18,6 +19,7 @@ static void usage(FILE *f)
                "       tollgate --check -c FILE     validate FILE and what it references\n"
                "       tollgate key new --id ID [-c FILE]   print a new API key and its keys-file entry\n"
                "       tollgate key hash [-c FILE]  hash a key read on stdin\n"
+               "       tollgate audit verify [-c FILE] LOG...   check an audit log's HMAC chain\n"
                "       tollgate --version\n");
 }
 
@@ -41,10 +43,8 @@ int main(int argc, char **argv)
             path = argv[++i];
         } else if (strcmp(a, "key") == 0 && i == 1) {
             return tg_cli_key(argc - 1, argv + 1);
-        } else if (strcmp(a, "audit") == 0) {
-            fprintf(stderr, "tollgate: the \"%s\" command is not available in this version yet\n",
-                    a);
-            return 2;
+        } else if (strcmp(a, "audit") == 0 && i == 1) {
+            return tg_cli_audit(argc - 1, argv + 1);
         } else {
             fprintf(stderr, "tollgate: unknown argument \"%s\"\n", a);
             usage(stderr);

@@ -131,6 +131,11 @@ struct tg_req {
     uint64_t bytes_out;                    /* response body bytes sent */
 
     struct tg_upstream *upstream;          /* current upstream exchange, or NULL */
+    const char *upstream_addr;             /* "host:port" of the server used (snapshot string) */
+    uint64_t upstream_first_byte_ns;       /* uv_hrtime() when the response head arrived */
+    const char *tls_version;               /* client TLS version ("TLSv1.3") or NULL */
+    const char *model;                     /* "model" of an OpenAI body, when read */
+    int stream;                            /* "stream" of an OpenAI body: -1 unknown, 0, 1 */
     struct tg_req_outcome outcome;         /* for the audit record */
     bool replied;                          /* answered locally (tg_req_reply_*) */
     bool completed;                        /* on_complete has run */

@@ -10,6 +10,7 @@
 #include "proxy/err.h"
 #include "proxy/filter.h"
 #include "proxy/log.h"
+#include "proxy/metrics.h"
 #include "proxy/upstream.h"
 #include "proxy/worker.h"
 
@@ -70,6 +71,7 @@ struct tg_req *tg_req_new(struct tg_worker *w, struct tg_config *cfg,
     req->resp_content_length = -1;
     req->buffer_filter = -1;
     req->hold_filter = -1;
+    req->stream = -1;
     req->on_chain_done = start_upstream;
     tg_bufq_init(&req->body_in);
     tg_bufq_init(&req->body_out);
@@ -98,6 +100,15 @@ void tg_req_free(struct tg_req *req)
         req->outcome.reason = "client.aborted";
     }
     tg_req_complete(req);
+    if (req->worker && req->worker->metrics) {
+        uint64_t now = uv_hrtime();
+        int64_t fb = req->upstream_first_byte_ns
+                         ? (int64_t)((req->upstream_first_byte_ns - req->start_ns) / 1000)
+                         : -1;
+        tg_metrics_request(req->worker->metrics, req->route ? req->route->path_prefix : NULL,
+                           req->resp_head_sent ? req->status : 0,
+                           (now - req->start_ns) / 1000, fb, req->outcome.reason);
+    }
     tg_filter_run_destroy(req);
     if (req->start_defer) {
         tg_worker_cancel(req->worker, req->start_defer);

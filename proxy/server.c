@@ -8,7 +8,9 @@
 #include "proxy/server.h"
 
 #include <errno.h>
+#include <openssl/crypto.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -19,6 +21,11 @@
 #include "proxy/err.h"
 #include "proxy/log.h"
 #include "proxy/mem.h"
+#include "filters/audit.h"
+#include "filters/audit_writer.h"
+#include "proxy/admin.h"
+#include "proxy/buf.h"
+#include "proxy/metrics.h"
 #include "proxy/tls.h"
 #include "proxy/worker.h"
 
@@ -33,6 +40,10 @@ struct tg_server {
     uv_mutex_t mu;                  /* guards pending[] */
     struct tg_config **pending;     /* per worker: next snapshot, or NULL */
     bool stopping;                  /* a stop signal arrived */
+    uint64_t reload_failures;       /* rejected reloads since start */
+    struct tg_audit_writer *audit;  /* the audit log writer, or NULL */
+    struct tg_admin *admin;         /* admin listener, or NULL */
+    uv_timer_t drain_poll;          /* watches the workers finish after a stop signal */
 };
 
 struct tg_config *tg_server_take_config(struct tg_server *s, unsigned i)
@@ -69,6 +80,68 @@ static int probe_listeners(const struct tg_config *c)
     return 0;
 }
 
+/* ---- admin callbacks (main loop) ---- */
+
+static int admin_metrics(void *ud, struct tg_buf *out)
+{
+    struct tg_server *s = ud;
+    struct tg_metrics_shard *shards[1024];
+    size_t n = 0;
+    for (unsigned i = 0; i < s->nworkers && n < 1024; i++)
+        if (s->workers[i].metrics)
+            shards[n++] = s->workers[i].metrics;
+    struct tg_metrics_process p = {
+        .config_version = s->cfg->version,
+        .config_sha256 = s->cfg->sha256_hex,
+        .reload_failures = s->reload_failures,
+        .log_dropped = tg_log_dropped(),
+    };
+    if (s->audit) {
+        struct tg_audit_stats st;
+        tg_audit_stats(s->audit, &st);
+        p.audit_enabled = 1;
+        p.audit_last_seq = st.last_seq;
+        p.audit_queue_depth = st.queue_depth;
+        p.audit_write_errors = st.write_errors;
+        p.audit_dropped = st.dropped;
+    }
+    return tg_metrics_render(shards, n, &p, out);
+}
+
+static int admin_ready(void *ud, struct tg_buf *out)
+{
+    struct tg_server *s = ud;
+    const char *why = NULL;
+    if (s->stopping)
+        why = "shutting down";
+    if (!why && s->audit && !s->cfg->audit.on_queue_full_block) {
+        struct tg_audit_stats st;
+        tg_audit_stats(s->audit, &st);
+        if (!st.healthy)
+            why = "the audit log cannot be written";
+    }
+    if (why) {
+        tg_buf_appendf(out,
+                       "{\"status\":\"not_ready\",\"reason\":\"%s\",\"config\":{\"version\":%llu,"
+                       "\"sha256\":\"%s\"},\"quota_backend\":\"local\"}\n",
+                       why, (unsigned long long)s->cfg->version, s->cfg->sha256_hex);
+        return 503;
+    }
+    tg_buf_appendf(out,
+                   "{\"status\":\"ready\",\"config\":{\"version\":%llu,\"sha256\":\"%s\"},"
+                   "\"quota_backend\":\"local\"}\n",
+                   (unsigned long long)s->cfg->version, s->cfg->sha256_hex);
+    return 200;
+}
+
+static const char *admin_token(void *ud)
+{
+    struct tg_server *s = ud;
+    return s->cfg->admin.token;
+}
+
+static const struct tg_admin_ops admin_ops = {admin_metrics, admin_ready, admin_token};
+
 static bool same_listeners(const struct tg_config *a, const struct tg_config *b)
 {
     if (a->nlisteners != b->nlisteners)
@@ -88,14 +161,26 @@ static void reload(struct tg_server *s)
     struct tg_config *next = tg_config_load(s->path, err);
     if (!next) {
         tg_log_error("server", "reload rejected: %s", err);
+        s->reload_failures++;
+        tg_audit_reload_record(false, NULL, err);
         return;
     }
     char terr[TG_CONFIG_ERR_MAX + 512];
     if (tg_tls_check_config(next, terr, sizeof(terr)) != 0) {
         tg_log_error("server", "reload rejected: %s", terr);
+        s->reload_failures++;
+        tg_audit_reload_record(false, NULL, terr);
         tg_config_unref(next);
         return;
     }
+    if (next->audit.enabled != s->cfg->audit.enabled ||
+        (next->audit.enabled &&
+         (strcmp(next->audit.file, s->cfg->audit.file) != 0 ||
+          next->audit.hmac_key_len != s->cfg->audit.hmac_key_len ||
+          CRYPTO_memcmp(next->audit.hmac_key, s->cfg->audit.hmac_key,
+                        next->audit.hmac_key_len) != 0)))
+        tg_log_warn("server", "reload: audit file and key changes take effect only after a "
+                              "restart");
     if (!same_listeners(s->cfg, next))
         tg_log_warn("server", "reload: listener changes take effect only after a restart");
     if (strcmp(s->cfg->sha256_hex, next->sha256_hex) != 0) {
@@ -124,6 +209,17 @@ static void reload(struct tg_server *s)
     tg_log_set_level((enum tg_log_level)next->error_log_level);
     tg_log_info("server", "configuration reloaded: version %llu sha256 %s",
                 (unsigned long long)next->version, next->sha256_hex);
+    tg_audit_reload_record(true, next, NULL);
+}
+
+static void on_drain_poll(uv_timer_t *t)
+{
+    struct tg_server *s = t->data;
+    for (unsigned i = 0; i < s->nworkers; i++)
+        if (!atomic_load(&s->workers[i].finished))
+            return;
+    uv_timer_stop(t);
+    uv_stop(&s->loop);
 }
 
 static void on_signal(uv_signal_t *h, int signum)
@@ -135,6 +231,8 @@ static void on_signal(uv_signal_t *h, int signum)
         break;
     case SIGUSR1:
         tg_log_reopen();
+        if (tg_audit_get_writer())
+            tg_audit_reopen(tg_audit_get_writer());
         break;
     case SIGTERM:
     case SIGINT:
@@ -145,7 +243,8 @@ static void on_signal(uv_signal_t *h, int signum)
                     (unsigned long long)s->cfg->limits.shutdown_grace_ms);
         for (unsigned i = 0; i < s->nworkers; i++)
             tg_worker_stop(&s->workers[i]);
-        uv_stop(&s->loop);
+        /* The main loop (admin: /readyz says not_ready) runs until every worker is done. */
+        uv_timer_start(&s->drain_poll, on_drain_poll, 50, 50);
         break;
     default:
         break;
@@ -172,6 +271,25 @@ int tg_server_run(const char *path)
         fprintf(stderr, "tollgate: cannot open error log %s\n", s->cfg->error_log_file);
         goto out_cfg;
     }
+    if (s->cfg->audit.enabled) {
+        struct tg_audit_settings as = {
+            .path = s->cfg->audit.file,
+            .key = s->cfg->audit.hmac_key,
+            .keylen = s->cfg->audit.hmac_key_len,
+            .fsync = (enum tg_audit_fsync)s->cfg->audit.fsync,
+            .fsync_interval_ms = s->cfg->audit.fsync_interval_ms,
+            .queue_records = s->cfg->audit.queue_records,
+        };
+        char aerr[512];
+        s->audit = tg_audit_writer_start(&as, aerr, sizeof(aerr));
+        if (!s->audit) {
+            fprintf(stderr, "tollgate: audit log: %s\n", aerr);
+            tg_log_stop();
+            goto out_cfg;
+        }
+        tg_audit_set_writer(s->audit);
+        tg_audit_process_record("startup", s->cfg);
+    }
     uv_loop_init(&s->loop);
     uv_mutex_init(&s->mu);
     s->nworkers = s->cfg->workers;
@@ -189,12 +307,30 @@ int tg_server_run(const char *path)
         if (tg_worker_start(&s->workers[started]) < 0)
             goto out_workers;
 
+    uv_timer_init(&s->loop, &s->drain_poll);
+    s->drain_poll.data = s;
     uv_signal_t *sigs[] = {&s->sig_term, &s->sig_int, &s->sig_hup, &s->sig_usr1};
     int nums[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
     for (int i = 0; i < 4; i++) {
         uv_signal_init(&s->loop, sigs[i]);
         sigs[i]->data = s;
         uv_signal_start(sigs[i], on_signal, nums[i]);
+    }
+    if (s->cfg->admin.enabled) {
+        char aerr[256];
+        s->admin = tg_admin_start(&s->loop, &s->cfg->admin, &admin_ops, s, aerr, sizeof(aerr));
+        if (!s->admin) {
+            tg_log_error("server", "%s", aerr);
+            fprintf(stderr, "tollgate: %s\n", aerr);
+            code = 1;
+            for (int i = 0; i < 4; i++)
+                uv_close((uv_handle_t *)sigs[i], NULL);
+            uv_close((uv_handle_t *)&s->drain_poll, NULL);
+            uv_run(&s->loop, UV_RUN_DEFAULT);
+            goto out_workers;
+        }
+        tg_log_info("server", "admin listening on %s:%u", s->cfg->admin.address,
+                    s->cfg->admin.port);
     }
     for (size_t i = 0; i < s->cfg->nlisteners; i++)
         tg_log_info("server", "listening on %s:%u (%s%s) as \"%s\"", s->cfg->listeners[i].address,
@@ -203,9 +339,13 @@ int tg_server_run(const char *path)
     tg_log_info("server", "tollgate %s started: %u worker(s), config version 1 sha256 %s",
                 TG_VERSION, s->nworkers, s->cfg->sha256_hex);
     uv_run(&s->loop, UV_RUN_DEFAULT);
+    /* Every worker is done: the admin listener and the signal watchers go. */
+    tg_admin_stop(s->admin);
+    s->admin = NULL;
     for (int i = 0; i < 4; i++)
         uv_close((uv_handle_t *)sigs[i], NULL);
-    uv_run(&s->loop, UV_RUN_NOWAIT);
+    uv_close((uv_handle_t *)&s->drain_poll, NULL);
+    uv_run(&s->loop, UV_RUN_DEFAULT);
     code = 0;
 
 out_workers:
@@ -216,6 +356,13 @@ out_workers:
         tg_worker_join(&s->workers[i]);
     for (unsigned i = 0; i < inited; i++)
         tg_worker_dispose(&s->workers[i]);
+    if (s->audit) {
+        /* Every worker has finished: the shutdown record is the last line. */
+        tg_audit_process_record("shutdown", s->cfg);
+        tg_audit_set_writer(NULL);
+        tg_audit_writer_stop(s->audit);
+        s->audit = NULL;
+    }
     if (code == 0)
         tg_log_info("server", "stopped");
 out_loop:

@@ -635,6 +635,7 @@ static int on_h_complete(llhttp_t *p)
         tg_hlist_remove(&req->resp_headers, "content-length");
     }
     u->got_head = true;
+    req->upstream_first_byte_ns = uv_hrtime();
     tg_req_response_head(req, has_body);
     if (u->detached)
         return HPE_PAUSED; /* on_up_read frees u once llhttp returns */
@@ -784,6 +785,8 @@ static void try_server(struct tg_upstream *u)
 {
     const struct tg_cfg_server *srv = &u->cfg->servers[u->idx];
     u->tries++;
+    if (u->req)
+        u->req->upstream_addr = srv->text;
     struct pool_server *ps = pool_server(u->pool, srv->text);
     if (!ps) {
         up_fail(u, 502, "upstream_error", "out of memory", "upstream.error");

@@ -10,6 +10,7 @@
 #include "proxy/listener.h"
 #include "proxy/log.h"
 #include "proxy/mem.h"
+#include "proxy/metrics.h"
 #include "proxy/server.h"
 #include "proxy/upstream.h"
 
@@ -167,7 +168,8 @@ int tg_worker_init(struct tg_worker *w, struct tg_server *s, unsigned i, struct 
     uv_timer_init(&w->loop, &w->grace);
     uv_unref((uv_handle_t *)&w->grace);
     w->pool = tg_pool_new(w);
-    if (!w->pool)
+    w->metrics = tg_mem_calloc(1, sizeof(*w->metrics));
+    if (!w->pool || !w->metrics)
         return TG_E_NOMEM;
     for (size_t k = 0; k < cfg->nlisteners; k++) {
         struct tg_listener *l = NULL;
@@ -188,6 +190,7 @@ static void thread_main(void *arg)
     struct tg_worker *w = arg;
     uv_run(&w->loop, UV_RUN_DEFAULT);
     tg_authn_thread_exit();
+    atomic_store(&w->finished, true);
 }
 
 int tg_worker_start(struct tg_worker *w)
@@ -225,6 +228,8 @@ void tg_worker_dispose(struct tg_worker *w)
         tg_log_warn("worker", "worker %u: loop closed with handles left", w->index);
     tg_pool_free(w->pool);
     w->pool = NULL;
+    tg_mem_free(w->metrics);
+    w->metrics = NULL;
     tg_config_unref(w->cfg);
     w->cfg = NULL;
 }

@@ -7,6 +7,7 @@
 #define TG_WORKER_H
 
 #include <stdbool.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -15,6 +16,7 @@ struct tg_conn;
 struct tg_listener;
 struct tg_pool;
 struct tg_server;
+struct tg_metrics_shard;
 
 /* A deferred call, run from the worker's check phase after the current callback unwinds. */
 struct tg_defer {
@@ -41,9 +43,11 @@ struct tg_worker {
     struct tg_conn *conns;          /* open client connections (doubly linked) */
     unsigned nconns;                /* count of conns */
     struct tg_pool *pool;           /* upstream keep-alive pools */
+    struct tg_metrics_shard *metrics; /* this worker's counters (read by scrapes) */
     bool draining;                  /* stop accepting, finish in-flight work */
     bool stop_requested;            /* set by another thread; read in wakeup */
     int exit_code;                  /* 0 unless startup failed */
+    atomic_bool finished;           /* the loop has returned (set by the worker thread) */
 };
 
 /* Queue fn to run after the current callback returns (idempotent while queued). */

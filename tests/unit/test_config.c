@@ -422,7 +422,7 @@ static const struct bad_case bad_cases[] = {
      "auth.api_key_pepper_env: the pepper in $TG_TEST_SHORT_PEPPER must be at least 16 bytes",
      NULL},
     {"bad-unsupported-pricing.json", ": pricing: not supported by this version", NULL},
-    {"bad-unsupported-audit.json", ": audit: not supported by this version", NULL},
+    {"bad-audit-no-key.json", "audit.hmac_key_env: required key is missing", NULL},
     {"bad-unsupported-quota.json", ": quota: not supported by this version", NULL},
     {"bad-log-level.json",
      "error_log.level: expected one of \"debug\", \"info\", \"warn\", \"error\"", NULL},

@@ -1,0 +1,245 @@
+/*
+ * The audit filter (SPEC §7).  It is first in the chain, so its
+ * on_complete runs last, after every other filter has said its word; it
+ * reads what the request gathered (identity, route, upstream, outcome,
+ * bytes, timings) and never a header value, body byte, key or token.
+ *
+ * Admission: with on_queue_full "reject", a request that arrives while the
+ * writer's queue is full is answered 503 (audit.unavailable) before anything
+ * else runs, so nothing unaudited is served; its own record may be refused
+ * too and is then counted in the writer's "dropped" statistics.  With
+ * "block", completion waits for room (the writer only ever lags, it never
+ * stops, while its disk accepts writes).
+ */
+#include "filters/audit.h"
+
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/time.h>
+#include <time.h>
+#include <uv.h>
+
+#include "config/config.h"
+#include "filters/audit_writer.h"
+#include "filters/filters.h"
+#include "proxy/req.h"
+
+static _Atomic(struct tg_audit_writer *) writer;
+
+void tg_audit_set_writer(struct tg_audit_writer *w)
+{
+    atomic_store(&writer, w);
+}
+
+struct tg_audit_writer *tg_audit_get_writer(void)
+{
+    return atomic_load(&writer);
+}
+
+static json_t *ts_now(void)
+{
+    struct timeval tv;
+    gettimeofday(&tv, NULL);
+    struct tm tm;
+    gmtime_r(&tv.tv_sec, &tm);
+    char buf[96];
+    snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long)tv.tv_usec);
+    return json_string(buf);
+}
+
+static json_t *str_or_null(const char *s)
+{
+    return s ? json_string(s) : json_null();
+}
+
+static json_t *base_record(const char *type)
+{
+    json_t *r = json_object();
+    if (!r)
+        return NULL;
+    json_object_set_new(r, "type", json_string(type));
+    json_object_set_new(r, "ts", ts_now());
+    return r;
+}
+
+static void submit(json_t *r, bool block)
+{
+    struct tg_audit_writer *w = tg_audit_get_writer();
+    if (!w || !r) {
+        json_decref(r);
+        return;
+    }
+    tg_audit_submit(w, r, block); /* a refusal is counted by the writer */
+}
+
+static void add_config(json_t *r, const struct tg_config *cfg)
+{
+    json_t *c = json_object();
+    json_object_set_new(c, "version", json_integer((json_int_t)cfg->version));
+    json_object_set_new(c, "sha256", json_string(cfg->sha256_hex));
+    json_object_set_new(r, "config", c);
+}
+
+void tg_audit_process_record(const char *type, const struct tg_config *cfg)
+{
+    json_t *r = base_record(type);
+    if (!r)
+        return;
+    add_config(r, cfg);
+    json_object_set_new(r, "version", json_string(TG_VERSION));
+    submit(r, true);
+}
+
+void tg_audit_reload_record(bool accepted, const struct tg_config *cfg, const char *error)
+{
+    json_t *r = base_record("config_reload");
+    if (!r)
+        return;
+    json_object_set_new(r, "result", json_string(accepted ? "accepted" : "rejected"));
+    if (cfg)
+        add_config(r, cfg);
+    /* Loader messages name files and JSON paths, never secret values. */
+    json_object_set_new(r, "error", str_or_null(error));
+    submit(r, true);
+}
+
+static const char *path_only(const char *p, size_t len, char *buf, size_t bufsz)
+{
+    /* The query string can carry anything (even credentials): it is not recorded. */
+    size_t n = 0;
+    while (n < len && p[n] != '?')
+        n++;
+    if (n >= bufsz)
+        n = bufsz - 1;
+    memcpy(buf, p, n);
+    buf[n] = '\0';
+    return buf;
+}
+
+void tg_audit_raw_request(const struct tg_config *cfg, const char *ip, unsigned port,
+                          const char *tls_version, int status, const char *reason)
+{
+    if (!cfg->audit.enabled || !tg_audit_get_writer())
+        return;
+    json_t *r = base_record("request");
+    if (!r)
+        return;
+    json_t *client = json_object();
+    json_object_set_new(client, "ip", json_string(ip));
+    json_object_set_new(client, "port", json_integer(port));
+    json_object_set_new(r, "client", client);
+    json_object_set_new(r, "tls", str_or_null(tls_version));
+    json_object_set_new(r, "protocol", json_string("http/1.1"));
+    json_object_set_new(r, "config_version", json_integer((json_int_t)cfg->version));
+    json_object_set_new(r, "decision", json_string("deny"));
+    json_object_set_new(r, "reason", json_string(reason));
+    json_object_set_new(r, "status", json_integer(status));
+    submit(r, cfg->audit.on_queue_full_block);
+}
+
+static double ms_between(uint64_t from_ns, uint64_t to_ns)
+{
+    return to_ns > from_ns ? (double)(to_ns - from_ns) / 1e6 : 0.0;
+}
+
+static json_t *request_record(struct tg_req *req)
+{
+    static const char *protos[] = {"http/1.1", "h2", "h2c"};
+    json_t *r = base_record("request");
+    if (!r)
+        return NULL;
+    char rid[160], path[1024];
+    size_t rl = req->request_id.len < sizeof(rid) - 1 ? req->request_id.len : sizeof(rid) - 1;
+    memcpy(rid, req->request_id.base ? req->request_id.base : "", rl);
+    rid[rl] = '\0';
+    json_object_set_new(r, "request_id", rl ? json_string(rid) : json_null());
+    json_object_set_new(r, "id", json_integer((json_int_t)req->id));
+    json_t *client = json_object();
+    json_object_set_new(client, "ip", json_string(req->client_ip));
+    json_object_set_new(client, "port", json_integer(req->client_port));
+    json_object_set_new(r, "client", client);
+    json_object_set_new(r, "tls", str_or_null(req->tls_version));
+    json_object_set_new(r, "protocol", json_string(protos[req->proto]));
+    json_object_set_new(r, "method", req->method.base ? json_stringn(req->method.base,
+                                                                     req->method.len)
+                                                      : json_null());
+    json_object_set_new(r, "path", req->path.base ? json_string(path_only(req->path.base,
+                                                                          req->path.len, path,
+                                                                          sizeof(path)))
+                                                  : json_null());
+    json_object_set_new(r, "route", req->route ? json_string(req->route->path_prefix)
+                                               : json_null());
+    json_object_set_new(r, "config_version", json_integer((json_int_t)req->cfg->version));
+    if (req->identity.method) {
+        json_t *a = json_object();
+        json_object_set_new(a, "method", json_string(req->identity.method));
+        json_object_set_new(a, "key_id", str_or_null(req->identity.key_id));
+        json_object_set_new(a, "principal", str_or_null(req->identity.principal));
+        json_object_set_new(a, "tenant", str_or_null(req->identity.tenant));
+        json_object_set_new(a, "policy", req->identity.policy
+                                             ? json_string(req->identity.policy->name)
+                                             : json_null());
+        json_object_set_new(r, "auth", a);
+    } else {
+        json_object_set_new(r, "auth", json_null());
+    }
+    json_object_set_new(r, "model", str_or_null(req->model));
+    json_object_set_new(r, "stream", req->stream < 0 ? json_null() : json_boolean(req->stream));
+    bool denied = req->outcome.denied;
+    json_object_set_new(r, "decision", json_string(denied ? "deny" : "allow"));
+    json_object_set_new(r, "reason", str_or_null(req->outcome.reason));
+    json_object_set_new(r, "status", json_integer(req->resp_head_sent ? req->status : 0));
+    json_object_set_new(r, "upstream", str_or_null(req->upstream_addr));
+    json_t *usage = json_object();
+    json_object_set_new(usage, "prompt_tokens", json_null());
+    json_object_set_new(usage, "completion_tokens", json_null());
+    json_object_set_new(usage, "source", json_string("none"));
+    json_object_set_new(r, "usage", usage);
+    json_object_set_new(r, "cost", json_null());
+    json_t *bytes = json_object();
+    json_object_set_new(bytes, "in", json_integer((json_int_t)req->body_received));
+    json_object_set_new(bytes, "out", json_integer((json_int_t)req->bytes_out));
+    json_object_set_new(r, "bytes", bytes);
+    uint64_t now = uv_hrtime();
+    json_t *t = json_object();
+    json_object_set_new(t, "total", json_real(ms_between(req->start_ns, now)));
+    json_object_set_new(t, "upstream_first_byte",
+                        req->upstream_first_byte_ns
+                            ? json_real(ms_between(req->start_ns, req->upstream_first_byte_ns))
+                            : json_null());
+    json_object_set_new(r, "timing_ms", t);
+    return r;
+}
+
+static bool attach(struct tg_filter *f, struct tg_req *req)
+{
+    (void)f;
+    return req->cfg->audit.enabled && tg_audit_get_writer();
+}
+
+static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_req *req)
+{
+    (void)f;
+    if (!req->cfg->audit.on_queue_full_block && !tg_audit_has_room(tg_audit_get_writer())) {
+        tg_req_reply_error(req, 503, "unavailable", "the audit log is not keeping up",
+                           "audit.unavailable");
+        return TG_FILTER_REPLIED;
+    }
+    return TG_FILTER_CONTINUE;
+}
+
+static void on_complete(struct tg_filter *f, struct tg_req *req)
+{
+    (void)f;
+    submit(request_record(req), req->cfg->audit.on_queue_full_block);
+}
+
+const struct tg_filter_ops tg_filter_audit = {
+    .name = "audit",
+    .attach = attach,
+    .on_request_headers = on_request_headers,
+    .on_complete = on_complete,
+};
