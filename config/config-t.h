@@ -37,6 +37,8 @@ struct tg_cfg_tls {
     bool require_client_cert; /* refuse the handshake without a verified client cert */
     char *client_cert_policy; /* policy name for mTLS callers, or NULL */
     int min_version;          /* OpenSSL constant: TLS1_2_VERSION or TLS1_3_VERSION */
+    struct ssl_ctx_st *ctx;   /* server context, built by tg_tls_prepare_config() off the
+                                 event loop before the snapshot is published; freed with it */
 };
 
 struct tg_cfg_listener {

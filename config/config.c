@@ -4,6 +4,8 @@
  */
 #include "config/schema.h"
 
+#include <openssl/ssl.h>
+
 #include "proxy/mem.h"
 
 #include <string.h>
@@ -28,6 +30,7 @@ static void free_listener(struct tg_cfg_listener *l)
         tg_mem_free(l->tls->private_key_file);
         tg_mem_free(l->tls->client_ca_file);
         tg_mem_free(l->tls->client_cert_policy);
+        SSL_CTX_free(l->tls->ctx);
         tg_mem_free(l->tls);
     }
 }

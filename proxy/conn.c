@@ -49,7 +49,9 @@ static void on_handle_closed(uv_handle_t *h)
     tg_buf_dispose(&c->out);
     tg_mem_free(c->client_principal);
     struct tg_worker *w = c->worker;
+    struct tg_listener *l = c->listener;
     tg_mem_free(c);
+    tg_listener_unref(l);
     atomic_fetch_sub(&tg_listener_conns, 1);
     if (w->metrics)
         atomic_store_explicit(&w->metrics->connections_open,
@@ -455,6 +457,7 @@ int tg_conn_accept(struct tg_worker *w, struct tg_listener *l, uv_stream_t *serv
         return TG_E_NOMEM;
     c->worker = w;
     c->listener = l;
+    l->refs++;
     atomic_fetch_add(&tg_listener_conns, 1);
     if (w->metrics) {
         tg_counter_add(&w->metrics->connections_accepted, 1);

@@ -56,12 +56,71 @@ static void on_connection(uv_stream_t *server, int status)
         tg_log_warn("listener", "%s: accept failed: %s", l->name, tg_strerror(rv));
 }
 
+static void listener_free(struct tg_listener *l)
+{
+    SSL_CTX_free(l->ssl_ctx);
+    while (l->old_names) {
+        struct tg_listener_name *n = l->old_names;
+        l->old_names = n->next;
+        tg_mem_free(n->name);
+        tg_mem_free(n);
+    }
+    tg_mem_free(l->name);
+    tg_mem_free(l);
+}
+
 static void on_closed(uv_handle_t *h)
 {
     struct tg_listener *l = h->data;
+    l->closed = true;
+    if (l->refs == 0)
+        listener_free(l);
+}
+
+void tg_listener_unref(struct tg_listener *l)
+{
+    if (--l->refs == 0 && l->closed)
+        listener_free(l);
+}
+
+bool tg_listener_same_addr(const struct tg_listener *l, const struct tg_cfg_listener *cfg)
+{
+    if (l->addr.ss_family != cfg->addr.ss_family)
+        return false;
+    if (cfg->addr.ss_family == AF_INET) {
+        const struct sockaddr_in *a = (const void *)&l->addr, *b = (const void *)&cfg->addr;
+        return a->sin_port == b->sin_port && a->sin_addr.s_addr == b->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *a = (const void *)&l->addr, *b = (const void *)&cfg->addr;
+    return a->sin6_port == b->sin6_port &&
+           memcmp(&a->sin6_addr, &b->sin6_addr, sizeof(a->sin6_addr)) == 0;
+}
+
+int tg_listener_update(struct tg_listener *l, const struct tg_cfg_listener *cfg)
+{
+    if (strcmp(l->name, cfg->name) != 0) {
+        /* Requests in flight point at the old name: it is kept until the
+         * listener is freed (renames are rare; the list stays short). */
+        struct tg_listener_name *n = tg_mem_calloc(1, sizeof(*n));
+        char *name = tg_mem_strdup(cfg->name);
+        if (!n || !name) {
+            tg_mem_free(n);
+            tg_mem_free(name);
+            return TG_E_NOMEM;
+        }
+        n->name = l->name;
+        n->next = l->old_names;
+        l->old_names = n;
+        l->name = name;
+    }
+    l->protocols = cfg->protocols;
+    SSL_CTX *ctx = cfg->tls ? cfg->tls->ctx : NULL;
+    if (ctx)
+        SSL_CTX_up_ref(ctx);
+    /* Connections hold their own SSL objects; the old context lives on in them. */
     SSL_CTX_free(l->ssl_ctx);
-    tg_mem_free(l->name);
-    tg_mem_free(l);
+    l->ssl_ctx = ctx;
+    return 0;
 }
 
 int tg_listener_open(struct tg_worker *w, const struct tg_cfg_listener *cfg,
@@ -77,13 +136,17 @@ int tg_listener_open(struct tg_worker *w, const struct tg_cfg_listener *cfg,
         tg_mem_free(l);
         return TG_E_NOMEM;
     }
+    memcpy(&l->addr, &cfg->addr, sizeof(l->addr));
     if (cfg->tls) {
-        l->ssl_ctx = tg_tls_ctx_new(cfg->tls, cfg->protocols, err, errlen);
-        if (!l->ssl_ctx) {
+        /* Built off the loop by the server (tg_tls_prepare_config); shared by workers. */
+        if (!cfg->tls->ctx) {
+            snprintf(err, errlen, "listener %s: TLS context not prepared", cfg->name);
             tg_mem_free(l->name);
             tg_mem_free(l);
             return TG_E_TLS;
         }
+        SSL_CTX_up_ref(cfg->tls->ctx);
+        l->ssl_ctx = cfg->tls->ctx;
     }
     int rv = uv_tcp_init_ex(&w->loop, &l->tcp, cfg->addr.ss_family);
     if (rv == 0) {

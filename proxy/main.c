@@ -61,7 +61,7 @@ int main(int argc, char **argv)
         /* Load every certificate and key as the server would, so a broken
          * PEM fails here and not at startup or reload. */
         char terr[TG_CONFIG_ERR_MAX + 512];
-        if (tg_tls_check_config(c, terr, sizeof(terr)) != 0) {
+        if (tg_tls_prepare_config(c, terr, sizeof(terr)) != 0) {
             fprintf(stderr, "tollgate: %s\n", terr);
             tg_config_unref(c);
             return 1;

@@ -60,17 +60,37 @@ struct tg_config *tg_server_take_config(struct tg_server *s, unsigned i)
  * stale one) silently share a port.  A plain bind first, without the option,
  * fails while any other socket holds the address.
  */
+static bool same_addr(const struct sockaddr_storage *a, const struct sockaddr_storage *b)
+{
+    if (a->ss_family != b->ss_family)
+        return false;
+    if (a->ss_family == AF_INET) {
+        const struct sockaddr_in *x = (const void *)a, *y = (const void *)b;
+        return x->sin_port == y->sin_port && x->sin_addr.s_addr == y->sin_addr.s_addr;
+    }
+    const struct sockaddr_in6 *x = (const void *)a, *y = (const void *)b;
+    return x->sin6_port == y->sin6_port &&
+           memcmp(&x->sin6_addr, &y->sin6_addr, sizeof(x->sin6_addr)) == 0;
+}
+
+/* 0 when l's address can be bound (nobody holds it), else -errno. */
+static int probe_one(const struct tg_cfg_listener *l)
+{
+    int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    int rv = bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) == 0 ? 0 : -errno;
+    close(fd);
+    return rv;
+}
+
 static int probe_listeners(const struct tg_config *c)
 {
     for (size_t i = 0; i < c->nlisteners; i++) {
         const struct tg_cfg_listener *l = &c->listeners[i];
-        int fd = socket(l->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-        if (fd < 0)
-            return -errno;
-        int one = 1;
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        int rv = bind(fd, (const struct sockaddr *)&l->addr, l->addrlen) == 0 ? 0 : -errno;
-        close(fd);
+        int rv = probe_one(l);
         if (rv < 0) {
             fprintf(stderr, "tollgate: listener %s: cannot bind %s:%u: %s\n", l->name,
                     l->address, l->port, strerror(-rv));
@@ -142,18 +162,6 @@ static const char *admin_token(void *ud)
 
 static const struct tg_admin_ops admin_ops = {admin_metrics, admin_ready, admin_token};
 
-static bool same_listeners(const struct tg_config *a, const struct tg_config *b)
-{
-    if (a->nlisteners != b->nlisteners)
-        return false;
-    for (size_t i = 0; i < a->nlisteners; i++) {
-        const struct tg_cfg_listener *x = &a->listeners[i], *y = &b->listeners[i];
-        if (strcmp(x->address, y->address) != 0 || x->port != y->port ||
-            (x->tls == NULL) != (y->tls == NULL) || x->protocols != y->protocols)
-            return false;
-    }
-    return true;
-}
 
 static void reload(struct tg_server *s)
 {
@@ -166,7 +174,7 @@ static void reload(struct tg_server *s)
         return;
     }
     char terr[TG_CONFIG_ERR_MAX + 512];
-    if (tg_tls_check_config(next, terr, sizeof(terr)) != 0) {
+    if (tg_tls_prepare_config(next, terr, sizeof(terr)) != 0) {
         tg_log_error("server", "reload rejected: %s", terr);
         s->reload_failures++;
         tg_audit_reload_record(false, NULL, terr);
@@ -181,14 +189,19 @@ static void reload(struct tg_server *s)
                         next->audit.hmac_key_len) != 0)))
         tg_log_warn("server", "reload: audit file and key changes take effect only after a "
                               "restart");
-    if (!same_listeners(s->cfg, next))
-        tg_log_warn("server", "reload: listener changes take effect only after a restart");
-    if (strcmp(s->cfg->sha256_hex, next->sha256_hex) != 0) {
-        for (size_t i = 0; i < next->nlisteners; i++)
-            if (next->listeners[i].tls)
-                tg_log_warn("server", "reload: TLS certificates of listener %s are reloaded "
-                                      "only by a restart",
-                            next->listeners[i].name);
+    /* A new address must be free (another process may hold it). */
+    for (size_t i = 0; i < next->nlisteners; i++) {
+        bool known = false;
+        for (size_t k = 0; k < s->cfg->nlisteners && !known; k++)
+            known = same_addr(&next->listeners[i].addr, &s->cfg->listeners[k].addr);
+        if (!known && probe_one(&next->listeners[i]) < 0) {
+            tg_log_error("server", "reload rejected: listeners[%zu]: %s:%u is in use", i,
+                         next->listeners[i].address, next->listeners[i].port);
+            s->reload_failures++;
+            tg_audit_reload_record(false, NULL, "a new listener address is in use");
+            tg_config_unref(next);
+            return;
+        }
     }
     if (s->cfg->workers != next->workers)
         tg_log_warn("server", "reload: \"workers\" changes take effect only after a restart");
@@ -265,6 +278,10 @@ int tg_server_run(const char *path)
     s->cfg->version = s->version = 1;
     if (probe_listeners(s->cfg) < 0)
         goto out_cfg;
+    if (tg_tls_prepare_config(s->cfg, err, sizeof(err)) != 0) {
+        fprintf(stderr, "tollgate: %s\n", err);
+        goto out_cfg;
+    }
     s->path = tg_mem_strdup(s->cfg->path);
     signal(SIGPIPE, SIG_IGN);
     if (tg_log_start(s->cfg->error_log_file, (enum tg_log_level)s->cfg->error_log_level) < 0) {

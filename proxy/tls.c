@@ -141,19 +141,18 @@ char *tg_tls_client_principal(SSL *ssl)
     return out;
 }
 
-int tg_tls_check_config(const struct tg_config *c, char *err, size_t errlen)
+int tg_tls_prepare_config(struct tg_config *c, char *err, size_t errlen)
 {
     for (size_t i = 0; i < c->nlisteners; i++) {
-        if (!c->listeners[i].tls)
+        struct tg_cfg_tls *t = c->listeners[i].tls;
+        if (!t || t->ctx)
             continue;
         char terr[512];
-        SSL_CTX *ctx =
-            tg_tls_ctx_new(c->listeners[i].tls, c->listeners[i].protocols, terr, sizeof(terr));
-        if (!ctx) {
+        t->ctx = tg_tls_ctx_new(t, c->listeners[i].protocols, terr, sizeof(terr));
+        if (!t->ctx) {
             snprintf(err, errlen, "%s: listeners[%zu].tls: %s", c->path, i, terr);
             return -1;
         }
-        SSL_CTX_free(ctx);
     }
     return 0;
 }

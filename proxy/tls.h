@@ -26,11 +26,12 @@ char *tg_tls_client_principal(SSL *ssl);
 
 struct tg_config;
 /*
- * Build (and free) a server context for every TLS listener of c, so broken
- * certificates or keys are found before they are needed.  0, or -1 with
- * "listeners[i].tls: reason" in err.
+ * Build the server context of every TLS listener of c (stored in
+ * c->listeners[i].tls->ctx, freed with the snapshot), so broken
+ * certificates or keys are found before the snapshot is used.  Call before
+ * the snapshot is shared.  0, or -1 with "FILE: listeners[i].tls: reason".
  */
-int tg_tls_check_config(const struct tg_config *c, char *err, size_t errlen);
+int tg_tls_prepare_config(struct tg_config *c, char *err, size_t errlen);
 
 /* The negotiated ALPN protocol is h2. */
 int tg_tls_is_h2(SSL *ssl);

@@ -140,11 +140,59 @@ static void begin_drain(struct tg_worker *w)
     maybe_finish(w);
 }
 
+/*
+ * SPEC §4: listeners whose address is unchanged keep their socket (no
+ * connection is refused during a reload) and take the new name, protocols
+ * and TLS context; new addresses are bound; removed ones stop accepting,
+ * and their connections finish on their own.
+ */
+static void apply_listeners(struct tg_worker *w, const struct tg_config *next)
+{
+    struct tg_listener *kept = NULL, **tail = &kept;
+    bool *matched = tg_mem_calloc(next->nlisteners ? next->nlisteners : 1, sizeof(bool));
+    if (!matched) {
+        tg_log_error("worker", "worker %u: out of memory applying listeners", w->index);
+        return;
+    }
+    struct tg_listener *l = w->listeners;
+    while (l) {
+        struct tg_listener *n = l->next;
+        size_t i = 0;
+        while (i < next->nlisteners && (matched[i] || !tg_listener_same_addr(l, &next->listeners[i])))
+            i++;
+        if (i < next->nlisteners && tg_listener_update(l, &next->listeners[i]) == 0) {
+            matched[i] = true;
+            l->next = NULL;
+            *tail = l;
+            tail = &l->next;
+        } else {
+            tg_listener_close(l);
+        }
+        l = n;
+    }
+    for (size_t i = 0; i < next->nlisteners; i++) {
+        if (matched[i])
+            continue;
+        struct tg_listener *nl = NULL;
+        char err[512];
+        if (tg_listener_open(w, &next->listeners[i], &nl, err, sizeof(err)) < 0) {
+            tg_log_error("worker", "worker %u: %s", w->index, err);
+            continue;
+        }
+        *tail = nl;
+        tail = &nl->next;
+    }
+    w->listeners = kept;
+    tg_mem_free(matched);
+}
+
 static void on_wakeup(uv_async_t *a)
 {
     struct tg_worker *w = tg_container_of(a, struct tg_worker, wakeup);
     struct tg_config *next = tg_server_take_config(w->server, w->index);
     if (next) {
+        if (!w->draining)
+            apply_listeners(w, next);
         tg_config_unref(w->cfg);
         w->cfg = next;
     }

@@ -366,6 +366,69 @@ static void test_restart_continues(void **state)
     field(ls.at[10], "prev", prev, sizeof(prev));
     assert_memory_equal(prev, ls.at[9] + ls.len[9] - 67, 64);
     free(ls.text);
+
+    /* Another log (a writer that started on an empty file) glued on. */
+    char other[PATH_MAX], copy[PATH_MAX], err[ERRMAX];
+    path_in(other, sizeof(other), dir, "x.log");
+    path_in(copy, sizeof(copy), dir, "copy.log");
+    struct tg_audit_writer *w = start_ok(other, TG_AUDIT_FSYNC_NEVER, 16);
+    submit_n(w, 0, 2);
+    tg_audit_writer_stop(w);
+    size_t la, lb;
+    char *ta = slurp(path, &la), *tb = slurp(other, &lb);
+    char *both = malloc(la + lb);
+    assert_non_null(both);
+    memcpy(both, ta, la);
+    memcpy(both + la, tb, lb);
+    spit(copy, both, la + lb);
+    free(ta);
+    free(tb);
+    free(both);
+    assert_int_equal(verify(err, 1, copy), 1);
+    assert_non_null(strstr(err, "copy.log:31: seq 1 follows 30 (the chain starts again"));
+    remove_dir(dir);
+}
+
+/* The 1 MiB line ceiling, on both sides. */
+static void test_line_limit(void **state)
+{
+    char dir[PATH_MAX], path[PATH_MAX], copy[PATH_MAX], err[ERRMAX];
+    make_dir(dir, sizeof(dir));
+    path_in(path, sizeof(path), dir, "audit.log");
+    path_in(copy, sizeof(copy), dir, "copy.log");
+    struct tg_audit_writer *w = start_ok(path, TG_AUDIT_FSYNC_NEVER, 16);
+    submit_n(w, 0, 2);
+    size_t big = TG_AUDIT_LINE_MAX;
+    char *huge = malloc(big + 1);
+    assert_non_null(huge);
+    memset(huge, 'a', big);
+    huge[big] = '\0';
+    json_t *r = rec(2);
+    json_object_set_new(r, "ua", json_string(huge));
+    assert_true(tg_audit_submit(w, r, true)); /* accepted, then dropped by the writer */
+    submit_n(w, 3, 2);
+    wait_for(w, written_at_least, 4, "4 written");
+    struct tg_audit_stats st;
+    tg_audit_stats(w, &st);
+    assert_int_equal(st.dropped, 1);
+    assert_int_equal(st.last_seq, 4); /* no hole in the chain */
+    tg_audit_writer_stop(w);
+    expect_ok("4 records, seq 1..4", 1, path);
+
+    /* A line over the ceiling in a file. */
+    size_t len;
+    char *text = slurp(path, &len);
+    char *buf = malloc(len + big + 2);
+    assert_non_null(buf);
+    memcpy(buf, text, len);
+    memcpy(buf + len, huge, big);
+    buf[len + big] = '\n';
+    spit(copy, buf, len + big + 1);
+    assert_int_equal(verify(err, 1, copy), 1);
+    assert_non_null(strstr(err, "copy.log:5: line longer than 1048575 bytes"));
+    free(buf);
+    free(text);
+    free(huge);
     remove_dir(dir);
 }
 
@@ -959,6 +1022,7 @@ int main(void)
         cmocka_unit_test(test_fsync_policies),
         cmocka_unit_test(test_restart_continues),
         cmocka_unit_test(test_reopen_rotation),
+        cmocka_unit_test(test_line_limit),
         cmocka_unit_test(test_tampering),
         cmocka_unit_test(test_fixtures),
         cmocka_unit_test(test_torn_tail_recovery),
