@@ -24,7 +24,9 @@
 #include "config/config.h"
 #include "filters/audit_writer.h"
 #include "filters/filters.h"
+#include "proxy/mem.h"
 #include "proxy/req.h"
+#include "proxy/worker.h"
 
 static _Atomic(struct tg_audit_writer *) writer;
 
@@ -214,6 +216,98 @@ static json_t *request_record(struct tg_req *req)
     return r;
 }
 
+/*
+ * on_queue_full "block", without blocking the event loop: a record that
+ * finds the queue full waits in this worker's backlog (in order), and new
+ * requests wait at admission (their chain is stopped) until the backlog has
+ * drained into the writer; a 20 ms timer retries.  Nothing is dropped and
+ * nothing unaudited is served.
+ */
+struct audit_ctx {
+    struct tg_req *req;           /* the request (while waiting at admission) */
+    struct audit_ctx *next_wait;  /* admission wait list */
+    bool waiting;                 /* on the wait list */
+};
+
+struct backlog_rec {
+    struct backlog_rec *next; /* FIFO */
+    json_t *rec;              /* the record */
+};
+
+struct worker_audit {
+    uv_timer_t timer;             /* retry tick */
+    bool timer_init;              /* timer initialised on this loop */
+    struct backlog_rec *head, *tail; /* records waiting for room */
+    struct audit_ctx *waiters;    /* requests waiting at admission */
+};
+
+static _Thread_local struct worker_audit wa;
+
+static bool backlog_flush(struct tg_audit_writer *w)
+{
+    while (wa.head) {
+        if (!tg_audit_submit(w, json_incref(wa.head->rec), false))
+            return false; /* json_incref: a refused submit frees its reference only */
+        struct backlog_rec *b = wa.head;
+        wa.head = b->next;
+        if (!wa.head)
+            wa.tail = NULL;
+        json_decref(b->rec);
+        tg_mem_free(b);
+    }
+    return true;
+}
+
+static void on_tick(uv_timer_t *t)
+{
+    struct tg_audit_writer *w = tg_audit_get_writer();
+    if (!w || !backlog_flush(w) || !tg_audit_has_room(w))
+        return;
+    /* Room again: let the waiting requests in (each may queue records). */
+    struct audit_ctx *list = wa.waiters;
+    wa.waiters = NULL;
+    while (list) {
+        struct audit_ctx *c = list;
+        list = c->next_wait;
+        c->waiting = false;
+        c->next_wait = NULL;
+        tg_req_continue(c->req);
+    }
+    if (!wa.head && !wa.waiters)
+        uv_timer_stop(t);
+}
+
+static void arm(struct tg_req *req)
+{
+    if (!wa.timer_init) {
+        uv_timer_init(&req->worker->loop, &wa.timer);
+        uv_unref((uv_handle_t *)&wa.timer); /* never keeps a draining loop alive by itself */
+        wa.timer_init = true;
+    }
+    if (!uv_is_active((uv_handle_t *)&wa.timer))
+        uv_timer_start(&wa.timer, on_tick, 20, 20);
+}
+
+void tg_audit_thread_exit(void)
+{
+    /* The writer outlives the workers: hand it what is left, waiting if need be. */
+    struct tg_audit_writer *w = tg_audit_get_writer();
+    while (wa.head) {
+        struct backlog_rec *b = wa.head;
+        wa.head = b->next;
+        if (w)
+            tg_audit_submit(w, b->rec, true);
+        else
+            json_decref(b->rec);
+        tg_mem_free(b);
+    }
+    wa.tail = NULL;
+    if (wa.timer_init) {
+        uv_close((uv_handle_t *)&wa.timer, NULL);
+        wa.timer_init = false;
+    }
+}
+
 static bool attach(struct tg_filter *f, struct tg_req *req)
 {
     (void)f;
@@ -222,24 +316,73 @@ static bool attach(struct tg_filter *f, struct tg_req *req)
 
 static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_req *req)
 {
-    (void)f;
-    if (!req->cfg->audit.on_queue_full_block && !tg_audit_has_room(tg_audit_get_writer())) {
+    struct audit_ctx *ctx = f->ctx;
+    struct tg_audit_writer *w = tg_audit_get_writer();
+    bool room = !wa.head && tg_audit_has_room(w);
+    if (room)
+        return TG_FILTER_CONTINUE;
+    if (!req->cfg->audit.on_queue_full_block || !req->worker) {
         tg_req_reply_error(req, 503, "unavailable", "the audit log is not keeping up",
                            "audit.unavailable");
         return TG_FILTER_REPLIED;
     }
-    return TG_FILTER_CONTINUE;
+    ctx->req = req;
+    ctx->waiting = true;
+    ctx->next_wait = wa.waiters;
+    wa.waiters = ctx;
+    arm(req);
+    return TG_FILTER_STOP;
 }
 
 static void on_complete(struct tg_filter *f, struct tg_req *req)
 {
     (void)f;
-    submit(request_record(req), req->cfg->audit.on_queue_full_block);
+    json_t *rec = request_record(req);
+    if (!rec)
+        return;
+    struct tg_audit_writer *w = tg_audit_get_writer();
+    if (!req->cfg->audit.on_queue_full_block || !req->worker) {
+        submit(rec, false); /* reject mode: a refusal is counted as dropped */
+        return;
+    }
+    if (!wa.head && tg_audit_submit(w, json_incref(rec), false)) {
+        json_decref(rec);
+        return;
+    }
+    struct backlog_rec *b = tg_mem_malloc(sizeof(*b));
+    if (!b) {
+        submit(rec, false);
+        return;
+    }
+    b->rec = rec;
+    b->next = NULL;
+    if (wa.tail)
+        wa.tail->next = b;
+    else
+        wa.head = b;
+    wa.tail = b;
+    arm(req);
+}
+
+static void on_destroy(struct tg_filter *f, struct tg_req *req)
+{
+    (void)req;
+    struct audit_ctx *ctx = f->ctx;
+    if (!ctx->waiting)
+        return;
+    for (struct audit_ctx **pp = &wa.waiters; *pp; pp = &(*pp)->next_wait)
+        if (*pp == ctx) {
+            *pp = ctx->next_wait;
+            break;
+        }
+    ctx->waiting = false;
 }
 
 const struct tg_filter_ops tg_filter_audit = {
     .name = "audit",
+    .ctx_size = sizeof(struct audit_ctx),
     .attach = attach,
     .on_request_headers = on_request_headers,
     .on_complete = on_complete,
+    .on_destroy = on_destroy,
 };

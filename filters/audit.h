@@ -28,4 +28,7 @@ void tg_audit_reload_record(bool accepted, const struct tg_config *cfg, const ch
 void tg_audit_raw_request(const struct tg_config *cfg, const char *ip, unsigned port,
                           const char *tls_version, int status, const char *reason);
 
+/* A worker thread is exiting: hand its backlog to the writer, close its timer. */
+void tg_audit_thread_exit(void);
+
 #endif

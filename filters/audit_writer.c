@@ -401,7 +401,9 @@ static enum fmt_status format_one(struct tg_audit_writer *w, json_t *rec)
         /* Not our buffer: jansson refused the value (invalid UTF-8 put in
          * with a _nocheck call, nesting too deep) or ran out of memory
          * inside.  The same record failing twice is not transient. */
-        if (w->dump_oom || w->dump_failed != rec)
+        if (w->dump_long)
+            rv = FMT_DROP;
+        else if (w->dump_oom || w->dump_failed != rec)
             rv = FMT_RETRY;
         else
             rv = FMT_DROP;

@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "config/config.h"
+#include "filters/audit.h"
 #include "filters/authn.h"
 #include "proxy/conn.h"
 #include "proxy/err.h"
@@ -237,6 +238,8 @@ static void thread_main(void *arg)
 {
     struct tg_worker *w = arg;
     uv_run(&w->loop, UV_RUN_DEFAULT);
+    tg_audit_thread_exit();
+    uv_run(&w->loop, UV_RUN_DEFAULT); /* the closed timer's callback */
     tg_authn_thread_exit();
     atomic_store(&w->finished, true);
 }
