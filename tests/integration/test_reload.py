@@ -341,6 +341,33 @@ def test_invalid_reloads_change_nothing(start_tollgate, tmp_path, fresh_demo):
     assert metrics(t)["tollgate_config_reload_failures_total"] == len(cases)
 
 
+def test_reload_with_listener_address_in_use_is_rejected(start_tollgate, fresh_demo):
+    cfg = reload_config(fresh_demo)
+    t = start(start_tollgate, cfg)
+    squatter = socket.socket()
+    squatter.bind(("127.0.0.1", 0))
+    squatter.listen(1)
+    try:
+        busy_port = squatter.getsockname()[1]
+        bad = copy.deepcopy(cfg)
+        bad["listeners"].append(plain_listener("extra", busy_port))
+        bad["routes"].append({"path_prefix": "/new-route", "upstream": "demo"})
+        write_config(t, bad)
+        before = len(t.stderr())
+        t.signal(signal.SIGHUP)
+        v = wait_metric(t, "tollgate_config_reload_failures_total", 1)
+        assert v == 1, t.stderr()
+        assert wait_until(lambda: "reload rejected" in t.stderr()[before:], 2.0)
+        line = next(ln for ln in t.stderr()[before:].splitlines() if "reload rejected" in ln)
+        assert "listeners[2]" in line and str(busy_port) in line, line
+        assert str(t.path.resolve()) in line, f"the error does not name the config file: {line}"
+        assert readyz(t)["config"]["version"] == 1
+        assert is_route_not_found(*get(t.port("plain"), "/new-route"))
+        assert get(t.port("plain"), "/v1/models")[0] == 200
+    finally:
+        squatter.close()
+
+
 # ---------------------------------------------------------------------------------------------
 # No failed request through 20 reloads
 
