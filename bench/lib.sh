@@ -105,26 +105,20 @@ wait_ports() {
 # Sum utime+stime (+cutime+cstime of the root) in clock ticks over PID and all
 # its live descendants (nginx/nghttpx masters fork their workers).
 tree_ticks() {
-    # Processes may vanish between the glob and the read: read each file with
-    # getline (a failed open is skipped, not fatal).
-    awk -v root="$1" '
-        BEGIN {
-            for (i = 1; i < ARGC; i++) {
-                f = ARGV[i]
-                if ((getline line < f) > 0) {
-                    pid = f; sub(/^\/proc\//, "", pid); sub(/\/stat$/, "", pid)
-                    sub(/^[0-9]+ \(.*\) /, "", line); split(line, x, " ")
-                    ppid[pid] = x[2]; t[pid] = x[12] + x[13]; ct[pid] = x[14] + x[15]
-                }
-                close(f)
-            }
+    # Processes may vanish between the glob and the read: cat skips them (a
+    # reader that fails on a half-gone /proc file, as mawk's getline does with
+    # ESRCH, would abort the whole run).
+    { cat /proc/[0-9]*/stat 2>/dev/null || true; } | awk -v root="$1" '
+        { pid = $1; line = $0
+          sub(/^[0-9]+ \(.*\) /, "", line); split(line, x, " ")
+          ppid[pid] = x[2]; t[pid] = x[12] + x[13]; ct[pid] = x[14] + x[15] }
+        END {
             want[root] = 1; changed = 1
             while (changed) { changed = 0
                 for (p in ppid) if (!(p in want) && (ppid[p] in want)) { want[p] = 1; changed = 1 } }
             s = ct[root]; for (p in want) s += t[p]; print s + 0
-        }' /proc/[0-9]*/stat
+        }'
 }
-
 
 # ------------------------------------------------------------- measuring ----
 CLK_TCK=$(getconf CLK_TCK)

@@ -136,9 +136,16 @@ static void *writer_main(void *arg)
         for (unsigned i = 0; i < n; i++)
             write_all(fd, local[i].text, local[i].len);
         if (lost) {
-            char note[128];
+            char note[192];
+            struct timeval tv;
+            gettimeofday(&tv, NULL);
+            struct tm tm;
+            gmtime_r(&tv.tv_sec, &tm);
             int k = snprintf(note, sizeof(note),
-                             "log: %lu line(s) dropped because the log queue was full\n", lost);
+                             "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ warn log: %lu line(s) dropped "
+                             "because the log queue was full\n",
+                             tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                             tm.tm_sec, (long)(tv.tv_usec / 1000), lost);
             if (k > 0)
                 write_all(fd, note, (size_t)k);
         }

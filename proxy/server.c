@@ -195,8 +195,8 @@ static void reload(struct tg_server *s)
         for (size_t k = 0; k < s->cfg->nlisteners && !known; k++)
             known = same_addr(&next->listeners[i].addr, &s->cfg->listeners[k].addr);
         if (!known && probe_one(&next->listeners[i]) < 0) {
-            tg_log_error("server", "reload rejected: listeners[%zu]: %s:%u is in use", i,
-                         next->listeners[i].address, next->listeners[i].port);
+            tg_log_error("server", "reload rejected: %s: listeners[%zu]: %s:%u is in use",
+                         next->path, i, next->listeners[i].address, next->listeners[i].port);
             s->reload_failures++;
             tg_audit_reload_record(false, NULL, "a new listener address is in use");
             tg_config_unref(next);

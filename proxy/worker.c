@@ -167,6 +167,15 @@ static void apply_listeners(struct tg_worker *w, const struct tg_config *next)
             *tail = l;
             tail = &l->next;
         } else {
+            /* Removed: stop accepting, and let its connections finish their
+             * current exchange and close (h2 GOAWAY, h1 Connection: close). */
+            struct tg_conn *c = w->conns;
+            while (c) {
+                struct tg_conn *cn = c->next;
+                if (c->listener == l)
+                    tg_conn_drain(c);
+                c = cn;
+            }
             tg_listener_close(l);
         }
         l = n;

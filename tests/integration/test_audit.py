@@ -28,7 +28,7 @@ import pytest
 from authdata import (AUDIENCE, ISSUER, PEPPER, Client, Material, bearer, flip_char,
                       key_entry, new_api_key, write_keys)
 from conftest import SLOW, TG_BIN, base_config, free_port
-from helpers import H1Conn, chat_body, raw_exchange
+from helpers import H1Conn, H2Client, chat_body, raw_exchange
 
 KEY = "audit-hmac-key-for-the-tests-" + "0123456789abcdef" * 2  # >= 32 bytes
 ZEROS = "0" * 64
@@ -747,6 +747,7 @@ def disk_full_tollgate(start_tollgate, demo, disk, mode, queue=16):
     log = disk.dir / "audit.log"
     cfg = audited_config(demo, log, queue_records=queue, on_queue_full=mode, fsync="always")
     cfg["admin"] = admin_block()
+    cfg["limits"]["shutdown_grace_ms"] = 500
     t = start_tollgate(cfg, env=ENV)
     wait_for(lambda: log.exists() and log.stat().st_size > 0, what="the startup record")
     disk.fill()
@@ -881,3 +882,106 @@ def test_full_disk_block_delays_instead_of_refusing(start_tollgate, fresh_demo, 
     check_chain([log])
     r = verify(log)
     assert r.returncode == 0 and f"OK: {len(recs)} records" in r.stdout, r
+
+
+def fill_queue_reject(t, limit=80):
+    """Sequential requests until the first 503 (the queue is full)."""
+    for i in range(limit):
+        st, _ = h1_get(t.port(), f"/echo/fill{i}")
+        if st == 503:
+            return i
+        assert st == 200, st
+    raise AssertionError(f"no 503 after {limit} requests on a full disk")
+
+
+def test_full_disk_reload_does_not_freeze_the_admin_listener(start_tollgate, fresh_demo, disk):
+    """A SIGHUP while the disk is full and the queue is full: the reload is
+    done by the main loop, which also serves the admin listener; its
+    config_reload record must not stop /readyz and /metrics from answering
+    (SPEC §7: records are written by a dedicated thread, never by an event
+    loop).  The record lands once space returns."""
+    t, log, admin = disk_full_tollgate(start_tollgate, fresh_demo, disk, "reject")
+    fill_queue_reject(t)
+    t.cfg["routes"].append({"path_prefix": "/new", "upstream": "demo"})
+    t.path.write_text(json.dumps(t.cfg))
+    t.signal(signal.SIGHUP)
+    time.sleep(0.3)
+    try:
+        st, body = admin_get(admin, "/readyz", timeout=2.0)
+        answered = (st, body)
+    except OSError as e:  # socket.timeout is an OSError
+        answered = repr(e)
+    disk.free()
+    assert isinstance(answered, tuple), (
+        f"/readyz did not answer after a SIGHUP with a full audit queue: {answered}")
+    st, body = answered
+    assert st == 503 and json.loads(body)["status"] == "not_ready", answered
+    wait_for(lambda: any(r["type"] == "config_reload" for r in records(log)), 5,
+             "the config_reload record")
+    stop_ok(t)
+    rel = [r for r in records(log) if r["type"] == "config_reload"]
+    assert len(rel) == 1 and rel[0]["result"] == "accepted", rel
+    assert verify(log).returncode == 0
+
+
+def test_full_disk_shutdown_gives_up_after_its_grace(start_tollgate, fresh_demo, disk):
+    """SIGTERM while the disk is full and the queue is full: SPEC §2 says
+    in-flight requests get shutdown_grace_ms and then tollgate exits 0; the
+    writer documents that it retries failing writes for 5 s at stop, then
+    logs what it could not write.  So the process must be gone within
+    grace + 5 s (plus slack), not wait for the disk for ever."""
+    t, log, admin = disk_full_tollgate(start_tollgate, fresh_demo, disk, "reject")
+    fill_queue_reject(t)
+    grace = t.cfg["limits"]["shutdown_grace_ms"] / 1000.0
+    t0 = time.monotonic()
+    t.signal(signal.SIGTERM)
+    limit = grace + 5.0 + 2.0 * SLOW
+    try:
+        t.proc.wait(limit)
+        secs, hung = time.monotonic() - t0, False
+    except subprocess.TimeoutExpired:
+        hung = True
+        disk.free()  # let it finish so the rest of the test can look at the file
+        t.proc.wait(15 * SLOW)
+        secs = time.monotonic() - t0
+    assert not hung, (f"tollgate did not exit within {limit:.1f}s of SIGTERM while the audit "
+                      f"disk was full (exited {secs:.1f}s later, once space returned)")
+    assert t.proc.returncode == 0, t.stderr()
+    assert "lost" in t.stderr(), t.stderr()
+    r = verify(log)
+    assert r.returncode == 0, r  # what did reach the file is an intact chain
+
+
+def test_block_mode_malformed_head_does_not_freeze_the_worker(start_tollgate, fresh_demo, disk):
+    """on_queue_full "block" waits for room without blocking the event
+    loop (filters/audit.c).  A malformed HTTP/1.1 head refused while the
+    queue is full makes a record too; the worker must still answer it (400)
+    and go on serving its other connections (an h2c connection gets its
+    SETTINGS) while that record waits for room."""
+    t, log, admin = disk_full_tollgate(start_tollgate, fresh_demo, disk, "block")
+    for i in range(80):
+        try:
+            st, _ = h1_get(t.port(), f"/echo/fill{i}", timeout=1.0)
+        except (TimeoutError, OSError):
+            break  # waiting at admission: the queue is full
+        assert st == 200, st
+    else:
+        raise AssertionError("requests never waited on a full disk")
+    resp, _ = raw_exchange(t.port(), b"GET /echo HTTP/1.1\r\nHost: x\r\nbad head\r\n\r\n",
+                           timeout=2.0)
+    try:
+        c = H2Client(t.port(), timeout=2.0)
+        try:
+            settings = c.wait_settings(2.0)
+        finally:
+            c.close()
+    except (TimeoutError, OSError) as e:
+        settings = repr(e)
+    disk.free()
+    assert resp.startswith(b"HTTP/1.1 400 "), f"no 400 for a malformed head: {resp[:100]!r}"
+    assert isinstance(settings, dict) and settings, (
+        f"the worker stopped serving other connections: {settings}")
+    wait_for(lambda: admin_get(admin, "/readyz")[0] == 200, 5, "/readyz ready")
+    stop_ok(t)
+    assert [r for r in requests_of(records(log)) if r["status"] == 400]
+    assert verify(log).returncode == 0
