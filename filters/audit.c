@@ -105,7 +105,9 @@ void tg_audit_reload_record(bool accepted, const struct tg_config *cfg, const ch
         add_config(r, cfg);
     /* Loader messages name files and JSON paths, never secret values. */
     json_object_set_new(r, "error", str_or_null(error));
-    submit(r, true);
+    /* Called on the main thread, which also serves the admin listener and
+     * signals: never wait for a full queue here (a refusal is counted). */
+    submit(r, false);
 }
 
 static const char *path_only(const char *p, size_t len, char *buf, size_t bufsz)
@@ -292,13 +294,20 @@ void tg_audit_thread_exit(void)
 {
     /* The writer outlives the workers: hand it what is left, waiting if need be. */
     struct tg_audit_writer *w = tg_audit_get_writer();
+    /* Wait for room, but not forever: a writer whose disk stays full must not
+     * hold the process; what cannot be queued in 5 s is counted as dropped. */
+    uint64_t deadline = uv_hrtime() + 5000000000ull;
     while (wa.head) {
         struct backlog_rec *b = wa.head;
+        bool late = uv_hrtime() >= deadline;
+        /* A refused submit frees only the extra reference; late ones are counted as dropped. */
+        if (w && !tg_audit_submit(w, json_incref(b->rec), false) && !late) {
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
         wa.head = b->next;
-        if (w)
-            tg_audit_submit(w, b->rec, true);
-        else
-            json_decref(b->rec);
+        json_decref(b->rec);
         tg_mem_free(b);
     }
     wa.tail = NULL;

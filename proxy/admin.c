@@ -33,6 +33,7 @@ struct admin_conn {
     size_t len;             /* bytes in buf */
     int pending;            /* handles closing */
     bool done;              /* answered or closing */
+    bool head_only;         /* HEAD request: no body in the answer */
     struct admin_conn *prev, *next; /* admin's list */
 };
 
@@ -94,7 +95,7 @@ static void respond(struct admin_conn *c, int status, const char *ctype, struct 
                                   "cache-control: no-store\r\nconnection: close\r\n%s\r\n",
                             status, reason, ctype, body->len,
                             status == 401 ? "www-authenticate: Bearer\r\n" : "");
-    if (!rv)
+    if (!rv && !c->head_only)
         rv = tg_buf_append(&out, body->base, body->len);
     c->done = true;
     struct admin_write *aw = rv ? NULL : tg_mem_calloc(1, sizeof(*aw));
@@ -148,7 +149,8 @@ static void handle(struct admin_conn *c, const struct tg_h1_head *h)
             path.len = i;
             break;
         }
-    if (!tg_iov_eq(h->method, TG_IOV_LIT("GET")) && !tg_iov_eq(h->method, TG_IOV_LIT("HEAD"))) {
+    c->head_only = tg_iov_eq(h->method, TG_IOV_LIT("HEAD"));
+    if (!tg_iov_eq(h->method, TG_IOV_LIT("GET")) && !c->head_only) {
         text(c, 405, "method not allowed");
         return;
     }

@@ -985,3 +985,27 @@ def test_block_mode_malformed_head_does_not_freeze_the_worker(start_tollgate, fr
     stop_ok(t)
     assert [r for r in requests_of(records(log)) if r["status"] == 400]
     assert verify(log).returncode == 0
+
+
+def test_rotation_while_stopped_keeps_the_chain(start_tollgate, fresh_demo, tmp_path):
+    """logrotate may run while tollgate is stopped (its postrotate signal
+    then finds no process): the file is renamed and an empty one created.
+    SPEC §7: the chain runs across rotated files and seq never restarts, so
+    the next start must continue from the renamed file's last record."""
+    log = tmp_path / "audit.log"
+    old = tmp_path / "audit.log.1"
+    cfg = audited_config(fresh_demo, log)
+    t = start_tollgate(cfg, env=ENV)
+    assert h1_get(t.port(), "/echo/one")[0] == 200
+    stop_ok(t)
+    os.rename(log, old)
+    log.touch(mode=0o640)  # logrotate's "create"
+    t = start_tollgate(cfg, env=ENV)
+    assert h1_get(t.port(), "/echo/two")[0] == 200
+    stop_ok(t)
+    a, b = records(old), records(log)
+    assert b[0]["type"] == "startup", b[0]
+    assert b[0]["seq"] == a[-1]["seq"] + 1 and b[0]["prev"] == a[-1]["hmac"], (
+        f"the chain started again after a rotation while stopped: {b[0]}")
+    r = verify(old, log)
+    assert r.returncode == 0, r
