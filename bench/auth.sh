@@ -205,7 +205,7 @@ name_stripped() {
          function hex(h,   i, c, v) { v = 0; h = tolower(h); sub(/^0x/, "", h)
              for (i = 1; i <= length(h); i++) { c = index("0123456789abcdef", substr(h, i, 1)) - 1; v = v * 16 + c }
              return v }
-         { k = $2 " " $3
+         { k = $2 " " substr($0, index($0, $3))
            if ($3 ~ /^0x[0-9a-f]+$/) { a = hex($3)
                for (i = 1; i <= n; i++) if (lib[i] == $2 && a >= hex(lo[i]) && a < hex(hi[i])) {
                    s = lo[i]; sub(/^0+/, "", s); k = $2 " fn@0x" s; break } }
@@ -213,6 +213,7 @@ name_stripped() {
          END { for (k in sum) print sum[k], k }' "$RUN_DIR/fde.txt" "$1" | sort -gr
 }
 
+declare -A PA # PA[authn|MODE], PA[hpack|MODE]: µs/req from the profiles
 if [ "$PROFILE" = 1 ]; then
     command -v perf >/dev/null 2>&1 || die "PROFILE=1 needs perf (Debian linux-perf)"
     command -v readelf >/dev/null 2>&1 || die "PROFILE=1 needs readelf (Debian binutils)"
@@ -233,6 +234,12 @@ if [ "$PROFILE" = 1 ]; then
                 if (NF >= 5 && $NF ~ /\.(c|h|S|cc)$/) s = s " (" $NF ")"
                 print $1, $2, s }' >"$RUN_DIR/perf-$m.raw"
         name_stripped "$RUN_DIR/perf-$m.raw" >"$RUN_DIR/perf-$m.sym"
+        for what in authn hpack; do
+            PA[$what|$m]=$(awk -v w=$what -v cpu="${R[h2c|$m.prof|cpu]}" '
+                w == "authn" && (($2 == "tollgate" && $0 ~ /\((authn|apikey|jwt|auth)\.c\)$/) || $2 ~ /^libcrypto/) { s += $1 }
+                w == "hpack" && $2 ~ /^libnghttp2/ { s += $1 }
+                END { printf "%.2f", s / 100 * cpu }' "$RUN_DIR/perf-$m.sym")
+        done
         stop_pid "$TG_PID"
     done
 fi
@@ -363,6 +370,16 @@ verdict() { # verdict VALUE TARGET: "yes"/"no" for VALUE < TARGET
         echo "| jwt-rs256 cached ≤ API key, authn only (header transport excluded) | $a vs $b µs/req (difference $diff; micro: cache hit ${MU[tg_jwt_cache_get hit RS256 ($(echo -n "$RS_TOKEN" | wc -c) B token)]:-?} vs lookup ${MU[tg_keyring_lookup sha256]:-?} µs) | $met |"
     fi
     if [ "$PROFILE" = 1 ]; then
+        for m in apikey pepper; do
+            has $m && echo "| $m (profile): authn code < $TARGET_APIKEY µs/req | ${PA[authn|$m]} µs/req; libnghttp2 ${PA[hpack|$m]} vs ${PA[hpack|base]} in base | $(verdict "${PA[authn|$m]}" "$TARGET_APIKEY") |"
+        done
+        for m in jwt-rs256 jwt-es256; do
+            has $m && has apikey || continue
+            met=$(awk -v a="${PA[authn|$m]}" -v b="${PA[authn|apikey]}" 'BEGIN { print (a <= b ? "yes" : "no") }')
+            echo "| $m cached ≤ API key (profile: authn code; libnghttp2) | ${PA[authn|$m]} vs ${PA[authn|apikey]} µs/req; libnghttp2 ${PA[hpack|$m]} vs ${PA[hpack|apikey]} | $met |"
+        done
+    fi
+    if [ "$PROFILE" = 1 ]; then
         echo
         echo "## Profiles (PROFILE=1: perf record -e cpu-clock -F 4999, one extra run per mode)"
         echo
@@ -382,6 +399,18 @@ verdict() { # verdict VALUE TARGET: "yes"/"no" for VALUE < TARGET
                       print line } }' | sort -t$'\t' -k1,1gr | cut -f2-
         printf '| **total** (CPU µs/req of the profiled run) |'
         for m in $MODES; do printf ' %s |' "${R[h2c|$m.prof|cpu]}"; done; echo
+        echo
+        echo "Attribution from the profiles (µs/req): *authn code* = tollgate functions of filters/authn.c, apikey.c, jwt.c and config/auth.c (inlined helpers count under their caller) + all of libcrypto; *HPACK* = libnghttp2 (header decoding and validation, plus framing, which every mode has)."
+        echo
+        printf '| |'; for m in $MODES; do printf ' %s |' "$m"; done; echo
+        printf '| --- |'; for m in $MODES; do printf ' ---: |'; done; echo
+        for what in authn hpack; do
+            [ $what = authn ] && printf '| authn code |' || printf '| HPACK (libnghttp2) |'
+            for m in $MODES; do
+                printf ' %s |' "${PA[$what|$m]}"
+            done
+            echo
+        done
         for m in $MODES; do
             [ "$m" = base ] && continue
             awk -v cb="${R[h2c|base.prof|cpu]}" -v cm="${R[h2c|$m.prof|cpu]}" '

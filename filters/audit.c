@@ -40,6 +40,11 @@ struct tg_audit_writer *tg_audit_get_writer(void)
     return atomic_load(&writer);
 }
 
+/* Main-thread records waiting for room (reload records; main thread only). */
+#define MAIN_PENDING_MAX 64
+static json_t *main_pending[MAIN_PENDING_MAX];
+static size_t main_pending_n;
+
 static json_t *ts_now(void)
 {
     struct timeval tv;
@@ -92,7 +97,9 @@ void tg_audit_process_record(const char *type, const struct tg_config *cfg)
         return;
     add_config(r, cfg);
     json_object_set_new(r, "version", json_string(TG_VERSION));
-    submit(r, true);
+    /* startup: the queue is empty; shutdown: every worker is done.  Never
+     * wait: with a disk that stays full, the process must still exit. */
+    submit(r, false);
 }
 
 void tg_audit_reload_record(bool accepted, const struct tg_config *cfg, const char *error)
@@ -106,8 +113,34 @@ void tg_audit_reload_record(bool accepted, const struct tg_config *cfg, const ch
     /* Loader messages name files and JSON paths, never secret values. */
     json_object_set_new(r, "error", str_or_null(error));
     /* Called on the main thread, which also serves the admin listener and
-     * signals: never wait for a full queue here (a refusal is counted). */
-    submit(r, false);
+     * signals: never wait for a full queue here.  A record that finds no
+     * room waits in a short main-thread list that tg_audit_main_retry()
+     * (a main-loop timer) hands over once the writer has room. */
+    if (!main_pending_n && tg_audit_submit(tg_audit_get_writer(), json_incref(r), false)) {
+        json_decref(r);
+        return;
+    }
+    if (main_pending_n < MAIN_PENDING_MAX)
+        main_pending[main_pending_n++] = r;
+    else
+        submit(r, false); /* counted as dropped */
+}
+
+void tg_audit_main_retry(void)
+{
+    struct tg_audit_writer *w = tg_audit_get_writer();
+    size_t done = 0;
+    while (w && done < main_pending_n && tg_audit_submit(w, json_incref(main_pending[done]), false))
+        json_decref(main_pending[done++]);
+    memmove(main_pending, main_pending + done, (main_pending_n - done) * sizeof(json_t *));
+    main_pending_n -= done;
+}
+
+void tg_audit_main_flush(void)
+{
+    for (size_t i = 0; i < main_pending_n; i++)
+        submit(main_pending[i], false);
+    main_pending_n = 0;
 }
 
 static const char *path_only(const char *p, size_t len, char *buf, size_t bufsz)
@@ -123,25 +156,53 @@ static const char *path_only(const char *p, size_t len, char *buf, size_t bufsz)
     return buf;
 }
 
-void tg_audit_raw_request(const struct tg_config *cfg, const char *ip, unsigned port,
-                          const char *tls_version, int status, const char *reason)
+struct tg_worker;
+static void enqueue_unreserved(struct tg_worker *worker, const struct tg_config *cfg,
+                               json_t *rec);
+
+void tg_audit_raw_request(struct tg_worker *worker, const struct tg_config *cfg, const char *ip,
+                          unsigned port, const char *tls_version, int status, const char *reason)
 {
     if (!cfg->audit.enabled || !tg_audit_get_writer())
         return;
     json_t *r = base_record("request");
     if (!r)
         return;
+    /* The same members as every request record; what was never parsed is null. */
+    json_object_set_new(r, "request_id", json_null());
+    json_object_set_new(r, "id", json_null());
     json_t *client = json_object();
     json_object_set_new(client, "ip", json_string(ip));
     json_object_set_new(client, "port", json_integer(port));
     json_object_set_new(r, "client", client);
     json_object_set_new(r, "tls", str_or_null(tls_version));
     json_object_set_new(r, "protocol", json_string("http/1.1"));
+    json_object_set_new(r, "method", json_null());
+    json_object_set_new(r, "path", json_null());
+    json_object_set_new(r, "route", json_null());
     json_object_set_new(r, "config_version", json_integer((json_int_t)cfg->version));
+    json_object_set_new(r, "auth", json_null());
+    json_object_set_new(r, "model", json_null());
+    json_object_set_new(r, "stream", json_null());
     json_object_set_new(r, "decision", json_string("deny"));
     json_object_set_new(r, "reason", json_string(reason));
     json_object_set_new(r, "status", json_integer(status));
-    submit(r, cfg->audit.on_queue_full_block);
+    json_object_set_new(r, "upstream", json_null());
+    json_t *usage = json_object();
+    json_object_set_new(usage, "prompt_tokens", json_null());
+    json_object_set_new(usage, "completion_tokens", json_null());
+    json_object_set_new(usage, "source", json_string("none"));
+    json_object_set_new(r, "usage", usage);
+    json_object_set_new(r, "cost", json_null());
+    json_t *bytes = json_object();
+    json_object_set_new(bytes, "in", json_integer(0));
+    json_object_set_new(bytes, "out", json_integer(0));
+    json_object_set_new(r, "bytes", bytes);
+    json_t *t = json_object();
+    json_object_set_new(t, "total", json_null());
+    json_object_set_new(t, "upstream_first_byte", json_null());
+    json_object_set_new(r, "timing_ms", t);
+    enqueue_unreserved(worker, cfg, r);
 }
 
 static double ms_between(uint64_t from_ns, uint64_t to_ns)
@@ -226,6 +287,7 @@ static json_t *request_record(struct tg_req *req)
  * nothing unaudited is served.
  */
 struct audit_ctx {
+    bool reserved;                /* a writer queue slot is promised to this request */
     struct tg_req *req;           /* the request (while waiting at admission) */
     struct audit_ctx *next_wait;  /* admission wait list */
     bool waiting;                 /* on the wait list */
@@ -263,32 +325,30 @@ static bool backlog_flush(struct tg_audit_writer *w)
 static void on_tick(uv_timer_t *t)
 {
     struct tg_audit_writer *w = tg_audit_get_writer();
-    if (!w || !backlog_flush(w) || !tg_audit_has_room(w))
+    if (!w || !backlog_flush(w))
         return;
-    /* Room again: let the waiting requests in (each may queue records). */
-    struct audit_ctx *list = wa.waiters;
-    wa.waiters = NULL;
-    while (list) {
-        struct audit_ctx *c = list;
-        list = c->next_wait;
+    /* Admit waiting requests (oldest first: the list is newest first, so
+     * from its tail) while slots can be promised. */
+    while (wa.waiters) {
+        struct audit_ctx *c = wa.waiters, *prev = NULL;
+        while (c->next_wait) {
+            prev = c;
+            c = c->next_wait;
+        }
+        if (!tg_audit_reserve(w))
+            break;
+        if (prev)
+            prev->next_wait = NULL;
+        else
+            wa.waiters = NULL;
         c->waiting = false;
-        c->next_wait = NULL;
+        c->reserved = true;
         tg_req_continue(c->req);
     }
     if (!wa.head && !wa.waiters)
         uv_timer_stop(t);
 }
 
-static void arm(struct tg_req *req)
-{
-    if (!wa.timer_init) {
-        uv_timer_init(&req->worker->loop, &wa.timer);
-        uv_unref((uv_handle_t *)&wa.timer); /* never keeps a draining loop alive by itself */
-        wa.timer_init = true;
-    }
-    if (!uv_is_active((uv_handle_t *)&wa.timer))
-        uv_timer_start(&wa.timer, on_tick, 20, 20);
-}
 
 void tg_audit_thread_exit(void)
 {
@@ -317,41 +377,23 @@ void tg_audit_thread_exit(void)
     }
 }
 
-static bool attach(struct tg_filter *f, struct tg_req *req)
+static void arm_loop(uv_loop_t *loop)
 {
-    (void)f;
-    return req->cfg->audit.enabled && tg_audit_get_writer();
-}
-
-static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_req *req)
-{
-    struct audit_ctx *ctx = f->ctx;
-    struct tg_audit_writer *w = tg_audit_get_writer();
-    bool room = !wa.head && tg_audit_has_room(w);
-    if (room)
-        return TG_FILTER_CONTINUE;
-    if (!req->cfg->audit.on_queue_full_block || !req->worker) {
-        tg_req_reply_error(req, 503, "unavailable", "the audit log is not keeping up",
-                           "audit.unavailable");
-        return TG_FILTER_REPLIED;
+    if (!wa.timer_init) {
+        uv_timer_init(loop, &wa.timer);
+        uv_unref((uv_handle_t *)&wa.timer); /* never keeps a draining loop alive by itself */
+        wa.timer_init = true;
     }
-    ctx->req = req;
-    ctx->waiting = true;
-    ctx->next_wait = wa.waiters;
-    wa.waiters = ctx;
-    arm(req);
-    return TG_FILTER_STOP;
+    if (!uv_is_active((uv_handle_t *)&wa.timer))
+        uv_timer_start(&wa.timer, on_tick, 20, 20);
 }
 
-static void on_complete(struct tg_filter *f, struct tg_req *req)
+/* A record without a promised slot: in block mode it waits in the worker's backlog. */
+static void enqueue_unreserved(struct tg_worker *worker, const struct tg_config *cfg, json_t *rec)
 {
-    (void)f;
-    json_t *rec = request_record(req);
-    if (!rec)
-        return;
     struct tg_audit_writer *w = tg_audit_get_writer();
-    if (!req->cfg->audit.on_queue_full_block || !req->worker) {
-        submit(rec, false); /* reject mode: a refusal is counted as dropped */
+    if (!cfg->audit.on_queue_full_block || !worker) {
+        submit(rec, false);
         return;
     }
     if (!wa.head && tg_audit_submit(w, json_incref(rec), false)) {
@@ -370,13 +412,65 @@ static void on_complete(struct tg_filter *f, struct tg_req *req)
     else
         wa.head = b;
     wa.tail = b;
-    arm(req);
+    arm_loop(&worker->loop);
+}
+
+static bool attach(struct tg_filter *f, struct tg_req *req)
+{
+    (void)f;
+    return req->cfg->audit.enabled && tg_audit_get_writer();
+}
+
+static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_req *req)
+{
+    struct audit_ctx *ctx = f->ctx;
+    struct tg_audit_writer *w = tg_audit_get_writer();
+    /* A request is admitted only with a promised slot for its record, so
+     * nothing admitted can go unaudited (SPEC §7). */
+    if (!wa.waiters && tg_audit_reserve(w)) {
+        ctx->reserved = true;
+        return TG_FILTER_CONTINUE;
+    }
+    if (!req->cfg->audit.on_queue_full_block || !req->worker) {
+        tg_req_reply_error(req, 503, "unavailable", "the audit log is not keeping up",
+                           "audit.unavailable");
+        return TG_FILTER_REPLIED;
+    }
+    ctx->req = req;
+    ctx->waiting = true;
+    ctx->next_wait = wa.waiters;
+    wa.waiters = ctx;
+    arm_loop(&req->worker->loop);
+    return TG_FILTER_STOP;
+}
+
+static void on_complete(struct tg_filter *f, struct tg_req *req)
+{
+    struct audit_ctx *ctx = f->ctx;
+    json_t *rec = request_record(req);
+    struct tg_audit_writer *w = tg_audit_get_writer();
+    if (ctx->reserved) {
+        ctx->reserved = false;
+        if (rec)
+            tg_audit_submit_reserved(w, rec);
+        else
+            tg_audit_release(w);
+        return;
+    }
+    /* Not admitted (503 audit.unavailable) or answered before admission:
+     * recorded if a slot is free, else counted as dropped. */
+    if (rec)
+        enqueue_unreserved(req->worker, req->cfg, rec);
 }
 
 static void on_destroy(struct tg_filter *f, struct tg_req *req)
 {
     (void)req;
     struct audit_ctx *ctx = f->ctx;
+    if (ctx->reserved) {
+        ctx->reserved = false;
+        tg_audit_release(tg_audit_get_writer());
+    }
     if (!ctx->waiting)
         return;
     for (struct audit_ctx **pp = &wa.waiters; *pp; pp = &(*pp)->next_wait)

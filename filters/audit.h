@@ -25,9 +25,15 @@ void tg_audit_reload_record(bool accepted, const struct tg_config *cfg, const ch
  * A record for a request refused before a tg_req existed (malformed HTTP/1.1
  * head): status, reason and the peer only.
  */
-void tg_audit_raw_request(const struct tg_config *cfg, const char *ip, unsigned port,
-                          const char *tls_version, int status, const char *reason);
+struct tg_worker;
+void tg_audit_raw_request(struct tg_worker *worker, const struct tg_config *cfg, const char *ip,
+                          unsigned port, const char *tls_version, int status,
+                          const char *reason);
 
+/* Main thread: retry handing waiting reload records to the writer (a timer calls it). */
+void tg_audit_main_retry(void);
+/* Main thread, at shutdown: submit what still waits (refusals are counted). */
+void tg_audit_main_flush(void);
 /* A worker thread is exiting: hand its backlog to the writer, close its timer. */
 void tg_audit_thread_exit(void);
 

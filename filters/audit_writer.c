@@ -74,6 +74,7 @@ struct tg_audit_writer {
     size_t cap;              /* ring slots (queue_records) */
     size_t head;             /* oldest record */
     size_t count;            /* records in the ring */
+    size_t reserved;         /* slots promised to admitted requests (tg_audit_reserve) */
     size_t nblocked;         /* submitters waiting for room */
     bool stopping;           /* stop() was called */
     bool reopen_req;         /* reopen at the next chance */
@@ -225,6 +226,68 @@ static int pread_full(int fd, char *buf, size_t n, off_t off)
 }
 
 /*
+ * The chain state file "<path>.chain": "tollgate-audit-chain <seq> <prev>
+ * <mac>\n", mac = HMAC(key, "<seq> <prev>").  Written at stop, it lets the
+ * chain (seq and prev) continue into an empty log when the file was rotated
+ * away while tollgate was stopped (SPEC §7: seq never restarts).
+ */
+static void state_path(const struct tg_audit_writer *w, char *out, size_t n)
+{
+    snprintf(out, n, "%s.chain", w->path);
+}
+
+static void state_write(struct tg_audit_writer *w)
+{
+    char path[4200], tmp[4300], body[128], mac[HEX_LEN + 1], line[256];
+    state_path(w, path, sizeof(path));
+    snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+    int bl = snprintf(body, sizeof(body), "%llu %s", (unsigned long long)w->seq, w->prev);
+    if (bl <= 0 || mac_hex(w, body, (size_t)bl, NULL, 0, mac) != 0)
+        return;
+    int ll = snprintf(line, sizeof(line), "tollgate-audit-chain %s %s\n", body, mac);
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return;
+    bool ok = write(fd, line, (size_t)ll) == ll && fsync(fd) == 0;
+    close(fd);
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        tg_log_error(MOD, "%s: cannot write the chain state", path);
+    }
+}
+
+/* 1 when a valid state was read into w, 0 when there is none, -1 when it is forged. */
+static int state_read(struct tg_audit_writer *w, char *err, size_t errlen)
+{
+    char path[4200], line[256];
+    state_path(w, path, sizeof(path));
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, line, sizeof(line) - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    line[n] = '\0';
+    unsigned long long seq = 0;
+    char prev[HEX_LEN + 1], mac[HEX_LEN + 1], want[HEX_LEN + 1], body[128];
+    if (sscanf(line, "tollgate-audit-chain %llu %64[0-9a-f] %64[0-9a-f]", &seq, prev, mac) != 3 ||
+        strlen(prev) != HEX_LEN || strlen(mac) != HEX_LEN) {
+        snprintf(err, errlen, "%s: malformed chain state", path);
+        return -1;
+    }
+    int bl = snprintf(body, sizeof(body), "%llu %s", seq, prev);
+    if (mac_hex(w, body, (size_t)bl, NULL, 0, want) != 0 ||
+        CRYPTO_memcmp(want, mac, HEX_LEN) != 0) {
+        snprintf(err, errlen, "%s: chain state does not match the audit key (edited?)", path);
+        return -1;
+    }
+    w->seq = seq;
+    memcpy(w->prev, prev, sizeof(w->prev));
+    return 1;
+}
+
+/*
  * Continue the chain of the file open on w->fd: w->seq/prev from its last
  * complete line (0 and zeros for an empty file).  A torn tail makes the first
  * batch begin with "\n".  0, or -1 with a message in err.
@@ -241,8 +304,10 @@ static int recover(struct tg_audit_writer *w, char *err, size_t errlen)
         snprintf(err, errlen, "%s: %s", w->path, strerror(errno));
         return -1;
     }
-    if (!S_ISREG(st.st_mode) || st.st_size == 0)
-        return 0; /* nothing to continue (or /dev/full in a test) */
+    if (!S_ISREG(st.st_mode))
+        return 0; /* nothing to continue (/dev/full in a test) */
+    if (st.st_size == 0)
+        return state_read(w, err, errlen) < 0 ? -1 : 0; /* rotated away while stopped */
     size_t size = (size_t)st.st_size;
     size_t tail = size < TAIL_MAX ? size : TAIL_MAX;
     bool whole = tail == size;
@@ -525,6 +590,15 @@ static void give_up(struct tg_audit_writer *w)
     if (lost)
         tg_log_error(MOD, "%s: %" PRIu64 " audit records lost at shutdown", w->path, lost);
     w->st_dropped += lost;
+    if (w->boff > 0 && w->fd >= 0) {
+        /* Part of the batch reached the file: cut it off again so the file
+         * ends with a complete line of an intact chain (those records were
+         * logged above as not written). */
+        struct stat sb;
+        if (fstat(w->fd, &sb) == 0 && (uint64_t)sb.st_size >= w->boff &&
+            ftruncate(w->fd, sb.st_size - (off_t)w->boff) != 0)
+            tg_log_error(MOD, "%s: cannot cut the partial batch: %s", w->path, strerror(errno));
+    }
     w->blen = w->boff = w->bn = 0;
     w->st_inflight = 0;
     while (w->count) {
@@ -777,15 +851,61 @@ bool tg_audit_submit(struct tg_audit_writer *w, json_t *rec, bool block)
         return false;
     }
     pthread_mutex_lock(&w->mu);
-    while (!w->stopping && w->count == w->cap && block) {
+    while (!w->stopping && w->count + w->reserved >= w->cap && block) {
         w->nblocked++;
         pthread_cond_wait(&w->cv_room, &w->mu);
         w->nblocked--;
     }
-    if (w->stopping || w->count == w->cap) {
+    if (w->stopping || w->count + w->reserved >= w->cap) {
         w->st_dropped++;
         if (w->stopping && w->nblocked == 0)
             pthread_cond_broadcast(&w->cv_room); /* stop() may wait for us */
+        pthread_mutex_unlock(&w->mu);
+        json_decref(rec);
+        return false;
+    }
+    w->q[(w->head + w->count) % w->cap] = rec;
+    w->count++;
+    pthread_cond_signal(&w->cv_work);
+    pthread_mutex_unlock(&w->mu);
+    return true;
+}
+
+bool tg_audit_reserve(struct tg_audit_writer *w)
+{
+    if (!w)
+        return false;
+    pthread_mutex_lock(&w->mu);
+    bool ok = !w->stopping && w->count + w->reserved < w->cap;
+    if (ok)
+        w->reserved++;
+    pthread_mutex_unlock(&w->mu);
+    return ok;
+}
+
+void tg_audit_release(struct tg_audit_writer *w)
+{
+    if (!w)
+        return;
+    pthread_mutex_lock(&w->mu);
+    if (w->reserved)
+        w->reserved--;
+    pthread_cond_signal(&w->cv_room);
+    pthread_mutex_unlock(&w->mu);
+}
+
+bool tg_audit_submit_reserved(struct tg_audit_writer *w, json_t *rec)
+{
+    if (!w) {
+        json_decref(rec);
+        return false;
+    }
+    pthread_mutex_lock(&w->mu);
+    if (w->reserved)
+        w->reserved--;
+    if (!json_is_object(rec) || w->count >= w->cap) {
+        /* Cannot happen while reservations are honoured; counted if it does. */
+        w->st_dropped++;
         pthread_mutex_unlock(&w->mu);
         json_decref(rec);
         return false;
@@ -824,6 +944,7 @@ void tg_audit_writer_stop(struct tg_audit_writer *w)
     pthread_join(w->thread, NULL);
     if (w->dirty && fdatasync(w->fd) != 0)
         tg_log_error(MOD, "%s: final fdatasync: %s", w->path, strerror(errno));
+    state_write(w);
     writer_free(w, true);
 }
 
@@ -848,7 +969,7 @@ bool tg_audit_has_room(struct tg_audit_writer *w)
     if (!w)
         return false;
     pthread_mutex_lock(&w->mu);
-    bool room = !w->stopping && w->count < w->cap;
+    bool room = !w->stopping && w->count + w->reserved < w->cap;
     pthread_mutex_unlock(&w->mu);
     return room;
 }

@@ -69,6 +69,15 @@ struct tg_audit_writer *tg_audit_writer_start(const struct tg_audit_settings *s,
  * block true, waits for room.  Thread-safe.
  */
 bool tg_audit_submit(struct tg_audit_writer *w, json_t *rec, bool block);
+/*
+ * Admission control: promise one queue slot to a request (false when none is
+ * free).  A promised slot is used by tg_audit_submit_reserved(), which then
+ * never fails for lack of room, or given back by tg_audit_release().  Plain
+ * submits only use slots nobody was promised.  Thread-safe.
+ */
+bool tg_audit_reserve(struct tg_audit_writer *w);
+bool tg_audit_submit_reserved(struct tg_audit_writer *w, json_t *rec);
+void tg_audit_release(struct tg_audit_writer *w);
 /* Ask the writer to reopen the file at its path (logrotate, SIGUSR1).  Thread-safe. */
 void tg_audit_reopen(struct tg_audit_writer *w);
 /*

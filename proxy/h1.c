@@ -99,7 +99,7 @@ static void raw_error(struct h1_sess *s, int status, const char *code, const cha
                       status, reason_phrase(status), bn);
     struct tg_iov v[2] = {{head, (size_t)hn}, {body, (size_t)bn}};
     tg_conn_write(s->conn, v, 2);
-    tg_audit_raw_request(s->cfg, s->conn->peer_ip, s->conn->peer_port, s->conn->tls_version,
+    tg_audit_raw_request(s->conn->worker, s->cfg, s->conn->peer_ip, s->conn->peer_port, s->conn->tls_version,
                          status, status == 408 ? "limits.header_timeout"
                                  : status == 431 ? "limits.header_size"
                                  : status == 503 ? "server.nomem"

@@ -44,6 +44,7 @@ struct tg_server {
     struct tg_audit_writer *audit;  /* the audit log writer, or NULL */
     struct tg_admin *admin;         /* admin listener, or NULL */
     uv_timer_t drain_poll;          /* watches the workers finish after a stop signal */
+    uv_timer_t audit_retry;         /* hands waiting reload records to the audit writer */
 };
 
 struct tg_config *tg_server_take_config(struct tg_server *s, unsigned i)
@@ -225,6 +226,12 @@ static void reload(struct tg_server *s)
     tg_audit_reload_record(true, next, NULL);
 }
 
+static void on_audit_retry(uv_timer_t *t)
+{
+    (void)t;
+    tg_audit_main_retry();
+}
+
 static void on_drain_poll(uv_timer_t *t)
 {
     struct tg_server *s = t->data;
@@ -326,6 +333,10 @@ int tg_server_run(const char *path)
 
     uv_timer_init(&s->loop, &s->drain_poll);
     s->drain_poll.data = s;
+    uv_timer_init(&s->loop, &s->audit_retry);
+    uv_unref((uv_handle_t *)&s->audit_retry);
+    if (s->audit)
+        uv_timer_start(&s->audit_retry, on_audit_retry, 100, 100);
     uv_signal_t *sigs[] = {&s->sig_term, &s->sig_int, &s->sig_hup, &s->sig_usr1};
     int nums[] = {SIGTERM, SIGINT, SIGHUP, SIGUSR1};
     for (int i = 0; i < 4; i++) {
@@ -343,6 +354,7 @@ int tg_server_run(const char *path)
             for (int i = 0; i < 4; i++)
                 uv_close((uv_handle_t *)sigs[i], NULL);
             uv_close((uv_handle_t *)&s->drain_poll, NULL);
+            uv_close((uv_handle_t *)&s->audit_retry, NULL);
             uv_run(&s->loop, UV_RUN_DEFAULT);
             goto out_workers;
         }
@@ -362,6 +374,7 @@ int tg_server_run(const char *path)
     for (int i = 0; i < 4; i++)
         uv_close((uv_handle_t *)sigs[i], NULL);
     uv_close((uv_handle_t *)&s->drain_poll, NULL);
+    uv_close((uv_handle_t *)&s->audit_retry, NULL);
     uv_run(&s->loop, UV_RUN_DEFAULT);
     code = 0;
 
@@ -375,6 +388,7 @@ out_workers:
         tg_worker_dispose(&s->workers[i]);
     if (s->audit) {
         /* Every worker has finished: the shutdown record is the last line. */
+        tg_audit_main_flush();
         tg_audit_process_record("shutdown", s->cfg);
         tg_audit_set_writer(NULL);
         tg_audit_writer_stop(s->audit);
