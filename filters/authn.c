@@ -152,10 +152,13 @@ static enum tg_filter_status set_policy(struct tg_req *req, const char *name)
 
 static bool looks_like_jwt(struct tg_iov t)
 {
-    size_t dots = 0;
-    for (size_t i = 0; i < t.len; i++)
-        dots += t.base[i] == '.';
-    return dots == 2 && t.len > 3 && memcmp(t.base, "eyJ", 3) == 0;
+    /* "eyJ" (base64url of '{"') and exactly two dots; memchr is vectorised. */
+    if (t.len <= 3 || memcmp(t.base, "eyJ", 3) != 0)
+        return false;
+    const char *end = t.base + t.len;
+    const char *d1 = memchr(t.base, '.', t.len);
+    const char *d2 = d1 ? memchr(d1 + 1, '.', (size_t)(end - d1 - 1)) : NULL;
+    return d2 && !memchr(d2 + 1, '.', (size_t)(end - d2 - 1));
 }
 
 static enum tg_filter_status by_jwt(struct tg_req *req, struct tg_iov tok, int64_t now)
