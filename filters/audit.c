@@ -24,6 +24,7 @@
 #include "config/config.h"
 #include "filters/audit_writer.h"
 #include "filters/filters.h"
+#include "proxy/buf.h"
 #include "proxy/mem.h"
 #include "proxy/req.h"
 #include "proxy/worker.h"
@@ -143,18 +144,6 @@ void tg_audit_main_flush(void)
     main_pending_n = 0;
 }
 
-static const char *path_only(const char *p, size_t len, char *buf, size_t bufsz)
-{
-    /* The query string can carry anything (even credentials): it is not recorded. */
-    size_t n = 0;
-    while (n < len && p[n] != '?')
-        n++;
-    if (n >= bufsz)
-        n = bufsz - 1;
-    memcpy(buf, p, n);
-    buf[n] = '\0';
-    return buf;
-}
 
 struct tg_worker;
 static void enqueue_unreserved(struct tg_worker *worker, const struct tg_config *cfg,
@@ -210,54 +199,77 @@ static double ms_between(uint64_t from_ns, uint64_t to_ns)
     return to_ns > from_ns ? (double)(to_ns - from_ns) / 1e6 : 0.0;
 }
 
-static json_t *request_record(struct tg_req *req)
+/*
+ * The facts of one request, copied on the event loop (a few memcpy), turned
+ * into JSON on the writer thread (tg_audit_lazy): jansson never runs on a
+ * worker for a request record.
+ */
+enum ev_str {
+    EV_REQUEST_ID, EV_IP, EV_METHOD, EV_PATH, EV_ROUTE, EV_KEY_ID, EV_PRINCIPAL, EV_TENANT,
+    EV_POLICY, EV_MODEL, EV_UPSTREAM, EV_NSTR
+};
+
+struct req_event {
+    struct tg_audit_lazy lazy;  /* must be first: the writer hands it back */
+    struct timeval tv;          /* completion time */
+    uint64_t id;                /* internal request id */
+    uint64_t config_version;    /* pinned snapshot version */
+    uint64_t bytes_in, bytes_out;
+    double total_ms, first_byte_ms; /* first_byte_ms < 0: none */
+    const char *tls, *protocol, *auth_method, *reason; /* static strings or NULL */
+    int status, stream, client_port;
+    bool denied;
+    const char *str[EV_NSTR];   /* into data[] or NULL */
+    char data[];
+};
+
+static json_t *ev_str(const struct req_event *e, enum ev_str k)
 {
-    static const char *protos[] = {"http/1.1", "h2", "h2c"};
-    json_t *r = base_record("request");
+    return e->str[k] ? json_string(e->str[k]) : json_null();
+}
+
+static json_t *build_request(struct tg_audit_lazy *l)
+{
+    const struct req_event *e = (const struct req_event *)l;
+    json_t *r = json_object();
     if (!r)
         return NULL;
-    char rid[160], path[1024];
-    size_t rl = req->request_id.len < sizeof(rid) - 1 ? req->request_id.len : sizeof(rid) - 1;
-    memcpy(rid, req->request_id.base ? req->request_id.base : "", rl);
-    rid[rl] = '\0';
-    json_object_set_new(r, "request_id", rl ? json_string(rid) : json_null());
-    json_object_set_new(r, "id", json_integer((json_int_t)req->id));
+    struct tm tm;
+    gmtime_r(&e->tv.tv_sec, &tm);
+    char ts[96];
+    snprintf(ts, sizeof(ts), "%04d-%02d-%02dT%02d:%02d:%02d.%06ldZ", tm.tm_year + 1900,
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long)e->tv.tv_usec);
+    json_object_set_new(r, "type", json_string("request"));
+    json_object_set_new(r, "ts", json_string(ts));
+    json_object_set_new(r, "request_id", ev_str(e, EV_REQUEST_ID));
+    json_object_set_new(r, "id", json_integer((json_int_t)e->id));
     json_t *client = json_object();
-    json_object_set_new(client, "ip", json_string(req->client_ip));
-    json_object_set_new(client, "port", json_integer(req->client_port));
+    json_object_set_new(client, "ip", ev_str(e, EV_IP));
+    json_object_set_new(client, "port", json_integer(e->client_port));
     json_object_set_new(r, "client", client);
-    json_object_set_new(r, "tls", str_or_null(req->tls_version));
-    json_object_set_new(r, "protocol", json_string(protos[req->proto]));
-    json_object_set_new(r, "method", req->method.base ? json_stringn(req->method.base,
-                                                                     req->method.len)
-                                                      : json_null());
-    json_object_set_new(r, "path", req->path.base ? json_string(path_only(req->path.base,
-                                                                          req->path.len, path,
-                                                                          sizeof(path)))
-                                                  : json_null());
-    json_object_set_new(r, "route", req->route ? json_string(req->route->path_prefix)
-                                               : json_null());
-    json_object_set_new(r, "config_version", json_integer((json_int_t)req->cfg->version));
-    if (req->identity.method) {
+    json_object_set_new(r, "tls", str_or_null(e->tls));
+    json_object_set_new(r, "protocol", json_string(e->protocol));
+    json_object_set_new(r, "method", ev_str(e, EV_METHOD));
+    json_object_set_new(r, "path", ev_str(e, EV_PATH));
+    json_object_set_new(r, "route", ev_str(e, EV_ROUTE));
+    json_object_set_new(r, "config_version", json_integer((json_int_t)e->config_version));
+    if (e->auth_method) {
         json_t *a = json_object();
-        json_object_set_new(a, "method", json_string(req->identity.method));
-        json_object_set_new(a, "key_id", str_or_null(req->identity.key_id));
-        json_object_set_new(a, "principal", str_or_null(req->identity.principal));
-        json_object_set_new(a, "tenant", str_or_null(req->identity.tenant));
-        json_object_set_new(a, "policy", req->identity.policy
-                                             ? json_string(req->identity.policy->name)
-                                             : json_null());
+        json_object_set_new(a, "method", json_string(e->auth_method));
+        json_object_set_new(a, "key_id", ev_str(e, EV_KEY_ID));
+        json_object_set_new(a, "principal", ev_str(e, EV_PRINCIPAL));
+        json_object_set_new(a, "tenant", ev_str(e, EV_TENANT));
+        json_object_set_new(a, "policy", ev_str(e, EV_POLICY));
         json_object_set_new(r, "auth", a);
     } else {
         json_object_set_new(r, "auth", json_null());
     }
-    json_object_set_new(r, "model", str_or_null(req->model));
-    json_object_set_new(r, "stream", req->stream < 0 ? json_null() : json_boolean(req->stream));
-    bool denied = req->outcome.denied;
-    json_object_set_new(r, "decision", json_string(denied ? "deny" : "allow"));
-    json_object_set_new(r, "reason", str_or_null(req->outcome.reason));
-    json_object_set_new(r, "status", json_integer(req->resp_head_sent ? req->status : 0));
-    json_object_set_new(r, "upstream", str_or_null(req->upstream_addr));
+    json_object_set_new(r, "model", ev_str(e, EV_MODEL));
+    json_object_set_new(r, "stream", e->stream < 0 ? json_null() : json_boolean(e->stream));
+    json_object_set_new(r, "decision", json_string(e->denied ? "deny" : "allow"));
+    json_object_set_new(r, "reason", str_or_null(e->reason));
+    json_object_set_new(r, "status", json_integer(e->status));
+    json_object_set_new(r, "upstream", ev_str(e, EV_UPSTREAM));
     json_t *usage = json_object();
     json_object_set_new(usage, "prompt_tokens", json_null());
     json_object_set_new(usage, "completion_tokens", json_null());
@@ -265,18 +277,93 @@ static json_t *request_record(struct tg_req *req)
     json_object_set_new(r, "usage", usage);
     json_object_set_new(r, "cost", json_null());
     json_t *bytes = json_object();
-    json_object_set_new(bytes, "in", json_integer((json_int_t)req->body_received));
-    json_object_set_new(bytes, "out", json_integer((json_int_t)req->bytes_out));
+    json_object_set_new(bytes, "in", json_integer((json_int_t)e->bytes_in));
+    json_object_set_new(bytes, "out", json_integer((json_int_t)e->bytes_out));
     json_object_set_new(r, "bytes", bytes);
-    uint64_t now = uv_hrtime();
     json_t *t = json_object();
-    json_object_set_new(t, "total", json_real(ms_between(req->start_ns, now)));
+    json_object_set_new(t, "total", json_real(e->total_ms));
     json_object_set_new(t, "upstream_first_byte",
-                        req->upstream_first_byte_ns
-                            ? json_real(ms_between(req->start_ns, req->upstream_first_byte_ns))
-                            : json_null());
+                        e->first_byte_ms >= 0 ? json_real(e->first_byte_ms) : json_null());
     json_object_set_new(r, "timing_ms", t);
     return r;
+}
+
+static void free_event(struct tg_audit_lazy *l)
+{
+    tg_mem_free(l);
+}
+
+static struct req_event *request_event(struct tg_req *req)
+{
+    static const char *protos[] = {"http/1.1", "h2", "h2c"};
+    struct tg_iov v[EV_NSTR] = {0};
+    v[EV_REQUEST_ID] = req->request_id;
+    v[EV_IP] = tg_iov_make(req->client_ip, strlen(req->client_ip));
+    v[EV_METHOD] = req->method;
+    if (req->path.base) {
+        /* The query string can carry anything (even credentials): not recorded. */
+        const char *q = memchr(req->path.base, '?', req->path.len);
+        v[EV_PATH] = tg_iov_make(req->path.base, q ? (size_t)(q - req->path.base) : req->path.len);
+        if (v[EV_PATH].len > 1024)
+            v[EV_PATH].len = 1024;
+    }
+    if (req->route)
+        v[EV_ROUTE] = tg_iov_make(req->route->path_prefix, req->route->prefix_len);
+    const struct tg_req_identity *id = &req->identity;
+    if (id->method) {
+        if (id->key_id)
+            v[EV_KEY_ID] = tg_iov_make(id->key_id, strlen(id->key_id));
+        if (id->principal)
+            v[EV_PRINCIPAL] = tg_iov_make(id->principal, strlen(id->principal));
+        if (id->tenant)
+            v[EV_TENANT] = tg_iov_make(id->tenant, strlen(id->tenant));
+        if (id->policy)
+            v[EV_POLICY] = tg_iov_make(id->policy->name, strlen(id->policy->name));
+    }
+    if (req->model)
+        v[EV_MODEL] = tg_iov_make(req->model, strlen(req->model));
+    if (req->upstream_addr)
+        v[EV_UPSTREAM] = tg_iov_make(req->upstream_addr, strlen(req->upstream_addr));
+    if (v[EV_REQUEST_ID].len > 159)
+        v[EV_REQUEST_ID].len = 159;
+    size_t total = 0;
+    for (int i = 0; i < EV_NSTR; i++)
+        total += v[i].base ? v[i].len + 1 : 0;
+    struct req_event *e = tg_mem_malloc(sizeof(*e) + total);
+    if (!e)
+        return NULL;
+    char *p = e->data;
+    for (int i = 0; i < EV_NSTR; i++) {
+        if (!v[i].base || (i == EV_REQUEST_ID && v[i].len == 0)) {
+            e->str[i] = NULL;
+            continue;
+        }
+        memcpy(p, v[i].base, v[i].len);
+        p[v[i].len] = '\0';
+        e->str[i] = p;
+        p += v[i].len + 1;
+    }
+    e->lazy.build = build_request;
+    e->lazy.free = free_event;
+    gettimeofday(&e->tv, NULL);
+    e->id = req->id;
+    e->config_version = req->cfg->version;
+    e->bytes_in = req->body_received;
+    e->bytes_out = req->bytes_out;
+    uint64_t now = uv_hrtime();
+    e->total_ms = ms_between(req->start_ns, now);
+    e->first_byte_ms = req->upstream_first_byte_ns
+                           ? ms_between(req->start_ns, req->upstream_first_byte_ns)
+                           : -1.0;
+    e->tls = req->tls_version;
+    e->protocol = protos[req->proto];
+    e->auth_method = id->method;
+    e->reason = req->outcome.reason;
+    e->status = req->resp_head_sent ? req->status : 0;
+    e->stream = req->stream;
+    e->client_port = req->client_port;
+    e->denied = req->outcome.denied;
+    return e;
 }
 
 /*
@@ -447,18 +534,28 @@ static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_r
 static void on_complete(struct tg_filter *f, struct tg_req *req)
 {
     struct audit_ctx *ctx = f->ctx;
-    json_t *rec = request_record(req);
     struct tg_audit_writer *w = tg_audit_get_writer();
     if (ctx->reserved) {
         ctx->reserved = false;
-        if (rec)
-            tg_audit_submit_reserved(w, rec);
+        struct req_event *e = request_event(req);
+        if (e)
+            tg_audit_submit_lazy(w, &e->lazy, true);
         else
             tg_audit_release(w);
         return;
     }
     /* Not admitted (503 audit.unavailable) or answered before admission:
-     * recorded if a slot is free, else counted as dropped. */
+     * recorded if a slot is free, else counted as dropped (block mode: it
+     * waits in the worker's backlog as a built record). */
+    struct req_event *e = request_event(req);
+    if (!e)
+        return;
+    if (!req->cfg->audit.on_queue_full_block || !req->worker) {
+        tg_audit_submit_lazy(w, &e->lazy, false);
+        return;
+    }
+    json_t *rec = build_request(&e->lazy);
+    free_event(&e->lazy);
     if (rec)
         enqueue_unreserved(req->worker, req->cfg, rec);
 }

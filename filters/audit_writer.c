@@ -70,7 +70,7 @@ struct tg_audit_writer {
     pthread_mutex_t mu;      /* guards everything down to the stats */
     pthread_cond_t cv_work;  /* the writer sleeps here (CLOCK_MONOTONIC) */
     pthread_cond_t cv_room;  /* blocked submitters sleep here */
-    json_t **q;              /* ring of queued records */
+    struct tg_audit_item *q; /* ring of queued records */
     size_t cap;              /* ring slots (queue_records) */
     size_t head;             /* oldest record */
     size_t count;            /* records in the ring */
@@ -570,6 +570,16 @@ static void failed(struct tg_audit_writer *w, const char *what, int e)
     w->backoff_ms = w->backoff_ms * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : w->backoff_ms * 2;
 }
 
+/* Free one queued item (a record or a lazy builder that never ran). */
+static void item_free(struct tg_audit_item *it)
+{
+    json_decref(it->rec);
+    if (it->lazy)
+        it->lazy->free(it->lazy);
+    it->rec = NULL;
+    it->lazy = NULL;
+}
+
 static void recovered(struct tg_audit_writer *w)
 {
     if (w->failing)
@@ -602,7 +612,7 @@ static void give_up(struct tg_audit_writer *w)
     w->blen = w->boff = w->bn = 0;
     w->st_inflight = 0;
     while (w->count) {
-        json_decref(w->q[w->head]);
+        item_free(&w->q[w->head]);
         w->head = (w->head + 1) % w->cap;
         w->count--;
     }
@@ -687,8 +697,26 @@ static void *writer_main(void *arg)
             size_t n = w->count < BATCH_RECORDS ? w->count : BATCH_RECORDS;
             size_t taken = 0, dropped = 0;
             bool retry = false;
+            struct tg_audit_lazy *lazies[BATCH_RECORDS];
+            for (size_t i = 0; i < n; i++) {
+                struct tg_audit_item *it = &w->q[(w->head + i) % w->cap];
+                recs[i] = it->rec;
+                lazies[i] = it->lazy;
+                it->lazy = NULL; /* taken: built below, its record written back */
+            }
+            pthread_mutex_unlock(&w->mu);
+            /* Records queued as builders are made here, off the event loops. */
+            for (size_t i = 0; i < n; i++) {
+                if (!lazies[i])
+                    continue;
+                recs[i] = lazies[i]->build(lazies[i]);
+                lazies[i]->free(lazies[i]);
+                if (!recs[i])
+                    recs[i] = json_object(); /* out of memory: dropped below as unformattable */
+            }
+            pthread_mutex_lock(&w->mu);
             for (size_t i = 0; i < n; i++)
-                recs[i] = w->q[(w->head + i) % w->cap];
+                w->q[(w->head + i) % w->cap].rec = recs[i];
             pthread_mutex_unlock(&w->mu);
             /* The ring slots stay ours: submitters only append behind them. */
             while (taken < n && w->blen < BATCH_BYTES) {
@@ -709,6 +737,8 @@ static void *writer_main(void *arg)
                 pthread_cond_broadcast(&w->cv_room);
             if (retry && taken == 0)
                 failed(w, "formatting a record", ENOMEM);
+            for (size_t i = 0; i < taken; i++)
+                w->q[(w->head + w->cap - taken + i) % w->cap].rec = NULL;
             pthread_mutex_unlock(&w->mu);
             for (size_t i = 0; i < taken; i++)
                 json_decref(recs[i]);
@@ -740,7 +770,7 @@ static void writer_free(struct tg_audit_writer *w, bool sync_ready)
     }
     if (w->q) {
         for (size_t i = 0; i < w->count; i++)
-            json_decref(w->q[(w->head + i) % w->cap]);
+            item_free(&w->q[(w->head + i) % w->cap]);
         tg_mem_free(w->q);
     }
     if (w->fd >= 0)
@@ -864,7 +894,7 @@ bool tg_audit_submit(struct tg_audit_writer *w, json_t *rec, bool block)
         json_decref(rec);
         return false;
     }
-    w->q[(w->head + w->count) % w->cap] = rec;
+    w->q[(w->head + w->count) % w->cap] = (struct tg_audit_item){rec, NULL};
     w->count++;
     pthread_cond_signal(&w->cv_work);
     pthread_mutex_unlock(&w->mu);
@@ -910,7 +940,31 @@ bool tg_audit_submit_reserved(struct tg_audit_writer *w, json_t *rec)
         json_decref(rec);
         return false;
     }
-    w->q[(w->head + w->count) % w->cap] = rec;
+    w->q[(w->head + w->count) % w->cap] = (struct tg_audit_item){rec, NULL};
+    w->count++;
+    pthread_cond_signal(&w->cv_work);
+    pthread_mutex_unlock(&w->mu);
+    return true;
+}
+
+bool tg_audit_submit_lazy(struct tg_audit_writer *w, struct tg_audit_lazy *lazy, bool reserved)
+{
+    if (!w) {
+        lazy->free(lazy);
+        return false;
+    }
+    pthread_mutex_lock(&w->mu);
+    if (reserved && w->reserved)
+        w->reserved--;
+    bool room = !w->stopping && (reserved ? w->count < w->cap
+                                          : w->count + w->reserved < w->cap);
+    if (!room) {
+        w->st_dropped++;
+        pthread_mutex_unlock(&w->mu);
+        lazy->free(lazy);
+        return false;
+    }
+    w->q[(w->head + w->count) % w->cap] = (struct tg_audit_item){NULL, lazy};
     w->count++;
     pthread_cond_signal(&w->cv_work);
     pthread_mutex_unlock(&w->mu);

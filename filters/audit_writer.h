@@ -44,6 +44,22 @@ enum tg_audit_fsync {
 
 struct tg_audit_writer;
 
+/*
+ * A record built on the writer thread: the event loop queues only a copy of
+ * the facts (embedding this struct), and the writer calls build() to make
+ * the JSON object, then free().  Keeps jansson work off the event loops.
+ */
+struct tg_audit_lazy {
+    json_t *(*build)(struct tg_audit_lazy *l); /* new object (type/ts set), or NULL */
+    void (*free)(struct tg_audit_lazy *l);     /* release the container */
+};
+
+/* One queue slot: a ready record or a builder (internal to the writer). */
+struct tg_audit_item {
+    json_t *rec;                /* ready record, or NULL */
+    struct tg_audit_lazy *lazy; /* builder not yet run, or NULL */
+};
+
 /* Settings (strings borrowed for the duration of tg_audit_writer_start). */
 struct tg_audit_settings {
     const char *path;                 /* the log file */
@@ -77,6 +93,8 @@ bool tg_audit_submit(struct tg_audit_writer *w, json_t *rec, bool block);
  */
 bool tg_audit_reserve(struct tg_audit_writer *w);
 bool tg_audit_submit_reserved(struct tg_audit_writer *w, json_t *rec);
+/* Queue a builder (reserved: uses a promised slot).  false (and freed) when refused. */
+bool tg_audit_submit_lazy(struct tg_audit_writer *w, struct tg_audit_lazy *lazy, bool reserved);
 void tg_audit_release(struct tg_audit_writer *w);
 /* Ask the writer to reopen the file at its path (logrotate, SIGUSR1).  Thread-safe. */
 void tg_audit_reopen(struct tg_audit_writer *w);
