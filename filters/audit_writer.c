@@ -54,6 +54,7 @@
 #define BACKOFF_MAX_MS 1000        /* retries settle at this interval */
 #define REOPEN_RETRY_MS 1000       /* a failed reopen is retried this often */
 #define STOP_GRACE_MS 5000         /* stop() retries failing writes this long */
+#define WAKE_BATCH 256 /* queued records that wake a napping writer at once */
 #define HEX_LEN 64                 /* hex of an HMAC-SHA256 */
 #define SUFFIX_LEN 75              /* ,"hmac":"<64 hex>"} */
 #define SUFFIX_HEAD ",\"hmac\":\"" /* first 9 bytes of the suffix */
@@ -69,6 +70,8 @@ static const char zero_prev[HEX_LEN + 1] =
 struct tg_audit_writer {
     pthread_mutex_t mu;      /* guards everything down to the stats */
     pthread_cond_t cv_work;  /* the writer sleeps here (CLOCK_MONOTONIC) */
+    bool sleeping;           /* the writer waits without a near deadline: submitters signal */
+    uint64_t last_work_ms;   /* when the writer last took records */
     pthread_cond_t cv_room;  /* blocked submitters sleep here */
     struct tg_audit_item *q; /* ring of queued records */
     size_t cap;              /* ring slots (queue_records) */
@@ -694,6 +697,7 @@ static void *writer_main(void *arg)
                 wait_until(w, w->retry_at);
                 continue;
             }
+            w->last_work_ms = now;
             size_t n = w->count < BATCH_RECORDS ? w->count : BATCH_RECORDS;
             size_t taken = 0, dropped = 0;
             bool retry = false;
@@ -747,12 +751,23 @@ static void *writer_main(void *arg)
         }
         if (w->stopping)
             break;
-        if (w->reopen_req)
+        /* Wake-up coalescing: while records keep coming (the last batch was
+         * under 100 ms ago) the writer naps 1 ms and submitters do not signal,
+         * so a busy event loop pays no futex wake per record; an idle writer
+         * sleeps until signalled. */
+        uint64_t t = now_ms();
+        if (w->reopen_req) {
             wait_until(w, w->reopen_at);
-        else if (w->dirty && w->fsync == TG_AUDIT_FSYNC_INTERVAL)
-            wait_until(w, w->last_sync + w->interval_ms);
-        else
-            pthread_cond_wait(&w->cv_work, &w->mu);
+        } else if (t - w->last_work_ms < 100) {
+            wait_until(w, t + 1);
+        } else {
+            w->sleeping = true;
+            if (w->dirty && w->fsync == TG_AUDIT_FSYNC_INTERVAL)
+                wait_until(w, w->last_sync + w->interval_ms);
+            else
+                pthread_cond_wait(&w->cv_work, &w->mu);
+            w->sleeping = false;
+        }
     }
     pthread_mutex_unlock(&w->mu);
     return NULL;
@@ -896,7 +911,8 @@ bool tg_audit_submit(struct tg_audit_writer *w, json_t *rec, bool block)
     }
     w->q[(w->head + w->count) % w->cap] = (struct tg_audit_item){rec, NULL};
     w->count++;
-    pthread_cond_signal(&w->cv_work);
+    if (w->sleeping || w->count >= WAKE_BATCH)
+        pthread_cond_signal(&w->cv_work);
     pthread_mutex_unlock(&w->mu);
     return true;
 }
@@ -942,7 +958,8 @@ bool tg_audit_submit_reserved(struct tg_audit_writer *w, json_t *rec)
     }
     w->q[(w->head + w->count) % w->cap] = (struct tg_audit_item){rec, NULL};
     w->count++;
-    pthread_cond_signal(&w->cv_work);
+    if (w->sleeping || w->count >= WAKE_BATCH)
+        pthread_cond_signal(&w->cv_work);
     pthread_mutex_unlock(&w->mu);
     return true;
 }
@@ -966,7 +983,8 @@ bool tg_audit_submit_lazy(struct tg_audit_writer *w, struct tg_audit_lazy *lazy,
     }
     w->q[(w->head + w->count) % w->cap] = (struct tg_audit_item){NULL, lazy};
     w->count++;
-    pthread_cond_signal(&w->cv_work);
+    if (w->sleeping || w->count >= WAKE_BATCH)
+        pthread_cond_signal(&w->cv_work);
     pthread_mutex_unlock(&w->mu);
     return true;
 }
