@@ -14,6 +14,8 @@
 
 #include <cmocka.h>
 
+#include "tg_test.h"
+
 #include "filters/apikey.h"
 #include "proxy/err.h"
 #include "proxy/mem.h"
@@ -661,35 +663,6 @@ static void test_many_keys(void **state)
 
 /* ---- failmalloc: fail the Nth allocation, for every N ---- */
 
-static unsigned long fm_count, fm_fail_at;
-static bool fm_failed;
-
-static bool fm_should_fail(void)
-{
-    if (++fm_count == fm_fail_at) {
-        fm_failed = true;
-        return true;
-    }
-    return false;
-}
-static void *fm_malloc(size_t n)
-{
-    return fm_should_fail() ? NULL : malloc(n);
-}
-static void *fm_calloc(size_t n, size_t m)
-{
-    return fm_should_fail() ? NULL : calloc(n, m);
-}
-static void *fm_realloc(void *p, size_t n)
-{
-    return fm_should_fail() ? NULL : realloc(p, n);
-}
-static void fm_free(void *p)
-{
-    free(p);
-}
-
-static const struct tg_allocator fm_allocator = {fm_malloc, fm_calloc, fm_realloc, fm_free};
 
 /*
  * Load rel with allocation N failing, for N = 1, 2, ... until a run sees no
@@ -703,18 +676,15 @@ static unsigned long failmalloc_run(const char *rel, const char *pepper, const c
     /* jansson allocates through tg_mem too, so its failures are covered. */
     json_set_alloc_funcs(tg_mem_malloc, tg_mem_free);
     for (unsigned long n = 1;; n++) {
-        fm_count = 0;
-        fm_fail_at = n;
-        fm_failed = false;
         err[0] = '\0';
-        tg_mem_set(&fm_allocator);
+        tg_test_failmalloc_arm(n);
         struct tg_keyring *kr = load(rel, pepper, err);
         /* A loaded keyring must also be usable and freeable under the hooks. */
         if (kr)
             (void)tg_keyring_lookup(kr, "tg_test_alpha", 13, T2026, NULL);
         tg_keyring_free(kr);
-        tg_mem_set(NULL);
-        if (!fm_failed) {
+        tg_test_failmalloc_disarm();
+        if (!tg_test_failmalloc_failed()) {
             json_set_alloc_funcs(malloc, free);
             if (final_err) {
                 assert_null(kr);

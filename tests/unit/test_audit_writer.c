@@ -17,6 +17,8 @@
 
 #include <cmocka.h>
 
+#include "tg_test.h"
+
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -923,33 +925,6 @@ static void test_cli(void **state)
 
 /* ---- failmalloc: the verifier and writer start, failing allocation N ---- */
 
-static unsigned long fm_count, fm_fail_at;
-static bool fm_failed;
-static bool fm_should_fail(void)
-{
-    if (__atomic_add_fetch(&fm_count, 1, __ATOMIC_SEQ_CST) == fm_fail_at) {
-        fm_failed = true;
-        return true;
-    }
-    return false;
-}
-static void *fm_malloc(size_t n)
-{
-    return fm_should_fail() ? NULL : malloc(n);
-}
-static void *fm_calloc(size_t n, size_t m)
-{
-    return fm_should_fail() ? NULL : calloc(n, m);
-}
-static void *fm_realloc(void *p, size_t n)
-{
-    return fm_should_fail() ? NULL : realloc(p, n);
-}
-static void fm_free(void *p)
-{
-    free(p);
-}
-static const struct tg_allocator fm_allocator = {fm_malloc, fm_calloc, fm_realloc, fm_free};
 
 static void test_failmalloc(void **state)
 {
@@ -961,13 +936,10 @@ static void test_failmalloc(void **state)
 
     /* The verifier: a failure is an error with a message, never a pass. */
     for (unsigned long n = 1;; n++) {
-        fm_count = 0;
-        fm_fail_at = n;
-        fm_failed = false;
-        tg_mem_set(&fm_allocator);
+        tg_test_failmalloc_arm(n);
         int rc = verify(err, 1, good);
-        tg_mem_set(NULL);
-        if (!fm_failed) {
+        tg_test_failmalloc_disarm();
+        if (!tg_test_failmalloc_failed()) {
             assert_int_equal(rc, 0);
             print_message("verify: %lu allocations, each failed once\n", n - 1);
             break;
@@ -979,12 +951,9 @@ static void test_failmalloc(void **state)
     submit_n(w, 0, 3);
     tg_audit_writer_stop(w);
     for (unsigned long n = 1;; n++) {
-        fm_count = 0;
-        fm_fail_at = n;
-        fm_failed = false;
-        tg_mem_set(&fm_allocator);
+        tg_test_failmalloc_arm(n);
         w = start(path, TG_AUDIT_FSYNC_NEVER, 8, err);
-        bool failed_in_start = fm_failed;
+        bool failed_in_start = tg_test_failmalloc_failed();
         if (w) {
             json_t *r = json_pack("{s:s,s:s,s:i}", "type", "request", "ts", "t", "n", (int)n);
             if (r)
@@ -994,8 +963,8 @@ static void test_failmalloc(void **state)
             assert_true(failed_in_start);
             assert_true(err[0] != '\0');
         }
-        tg_mem_set(NULL);
-        if (!fm_failed) {
+        tg_test_failmalloc_disarm();
+        if (!tg_test_failmalloc_failed()) {
             print_message("writer: %lu allocations, each failed once\n", n - 1);
             break;
         }

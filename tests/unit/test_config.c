@@ -11,6 +11,8 @@
 
 #include <cmocka.h>
 
+#include "tg_test.h"
+
 #include "config/config.h"
 #include "proxy/log.h"
 #include "proxy/mem.h"
@@ -537,23 +539,6 @@ static void test_route_no_catchall(void **state)
 
 /* ---- failmalloc: fail the Nth allocation, for every N ---- */
 
-static unsigned long fm_count, fm_fail_at;
-static bool fm_failed;
-
-static bool fm_should_fail(void)
-{
-    if (++fm_count == fm_fail_at) {
-        fm_failed = true;
-        return true;
-    }
-    return false;
-}
-static void *fm_malloc(size_t n) { return fm_should_fail() ? NULL : malloc(n); }
-static void *fm_calloc(size_t n, size_t m) { return fm_should_fail() ? NULL : calloc(n, m); }
-static void *fm_realloc(void *p, size_t n) { return fm_should_fail() ? NULL : realloc(p, n); }
-static void fm_free(void *p) { free(p); }
-
-static const struct tg_allocator fm_allocator = {fm_malloc, fm_calloc, fm_realloc, fm_free};
 
 /*
  * Load file with allocation N failing, for N = 1, 2, ... until a run sees no
@@ -567,13 +552,10 @@ static unsigned long failmalloc_run(const char *rel, const char *final_err)
     /* jansson allocates through tg_mem too, so its failures are covered. */
     json_set_alloc_funcs(tg_mem_malloc, tg_mem_free);
     for (unsigned long n = 1;; n++) {
-        fm_count = 0;
-        fm_fail_at = n;
-        fm_failed = false;
-        tg_mem_set(&fm_allocator);
+        tg_test_failmalloc_arm(n);
         struct tg_config *c = load(rel, err);
-        tg_mem_set(NULL);
-        if (!fm_failed) {
+        tg_test_failmalloc_disarm();
+        if (!tg_test_failmalloc_failed()) {
             if (final_err) {
                 assert_null(c);
                 assert_non_null(strstr(err, final_err));

@@ -17,6 +17,8 @@
 
 #include <cmocka.h>
 
+#include "tg_test.h"
+
 #include <limits.h>
 #include <unistd.h>
 
@@ -1244,41 +1246,10 @@ static void test_cache_with_verify(void **state)
 /* ------------------------------------------------------------------------------------------ */
 /* Allocation failures (STYLE §12)                                                            */
 
-static unsigned long fm_count, fm_fail_at;
-static bool fm_failed;
-
-static bool fm_should_fail(void)
-{
-    if (++fm_count == fm_fail_at) {
-        fm_failed = true;
-        return true;
-    }
-    return false;
-}
-static void *fm_malloc(size_t n)
-{
-    return fm_should_fail() ? NULL : malloc(n);
-}
-static void *fm_calloc(size_t n, size_t m)
-{
-    return fm_should_fail() ? NULL : calloc(n, m);
-}
-static void *fm_realloc(void *p, size_t n)
-{
-    return fm_should_fail() ? NULL : realloc(p, n);
-}
-static void fm_free(void *p)
-{
-    free(p);
-}
-static const struct tg_allocator fm_allocator = {fm_malloc, fm_calloc, fm_realloc, fm_free};
 
 static void fm_begin(unsigned long n)
 {
-    fm_count = 0;
-    fm_fail_at = n;
-    fm_failed = false;
-    tg_mem_set(&fm_allocator);
+    tg_test_failmalloc_arm(n);
 }
 
 static void test_failmalloc(void **state)
@@ -1291,8 +1262,8 @@ static void test_failmalloc(void **state)
     for (n = 1;; n++) {
         fm_begin(n);
         struct tg_jwks *j = tg_jwks_load(path, err, sizeof(err));
-        tg_mem_set(NULL);
-        if (!fm_failed) {
+        tg_test_failmalloc_disarm();
+        if (!tg_test_failmalloc_failed()) {
             assert_non_null(j);
             tg_jwks_free(j);
             break;
@@ -1306,8 +1277,8 @@ static void test_failmalloc(void **state)
         struct tg_jwt_claims c;
         fm_begin(n);
         enum tg_jwt_status st = tg_jwt_verify(t.s, t.len, issuers, 3, NOW_MS, &c);
-        tg_mem_set(NULL);
-        if (!fm_failed) {
+        tg_test_failmalloc_disarm();
+        if (!tg_test_failmalloc_failed()) {
             assert_int_equal(st, TG_JWT_OK);
             break;
         }
@@ -1316,8 +1287,8 @@ static void test_failmalloc(void **state)
     for (n = 1;; n++) {
         fm_begin(n);
         struct tg_jwt_cache *c = tg_jwt_cache_new(100);
-        tg_mem_set(NULL);
-        if (!fm_failed) {
+        tg_test_failmalloc_disarm();
+        if (!tg_test_failmalloc_failed()) {
             assert_non_null(c);
             tg_jwt_cache_free(c);
             break;
