@@ -884,6 +884,15 @@ fail:
     return NULL;
 }
 
+/* Append an item behind the queued ones and wake the writer if it sleeps.  mu held, room checked. */
+static void push_locked(struct tg_audit_writer *w, struct tg_audit_item it)
+{
+    w->q[(w->head + w->count) % w->cap] = it;
+    w->count++;
+    if (w->sleeping || w->count >= WAKE_BATCH)
+        pthread_cond_signal(&w->cv_work);
+}
+
 bool tg_audit_submit(struct tg_audit_writer *w, json_t *rec, bool block)
 {
     if (!w || !json_is_object(rec)) {
@@ -909,10 +918,7 @@ bool tg_audit_submit(struct tg_audit_writer *w, json_t *rec, bool block)
         json_decref(rec);
         return false;
     }
-    w->q[(w->head + w->count) % w->cap] = (struct tg_audit_item){rec, NULL};
-    w->count++;
-    if (w->sleeping || w->count >= WAKE_BATCH)
-        pthread_cond_signal(&w->cv_work);
+    push_locked(w, (struct tg_audit_item){rec, NULL});
     pthread_mutex_unlock(&w->mu);
     return true;
 }
@@ -956,10 +962,7 @@ bool tg_audit_submit_reserved(struct tg_audit_writer *w, json_t *rec)
         json_decref(rec);
         return false;
     }
-    w->q[(w->head + w->count) % w->cap] = (struct tg_audit_item){rec, NULL};
-    w->count++;
-    if (w->sleeping || w->count >= WAKE_BATCH)
-        pthread_cond_signal(&w->cv_work);
+    push_locked(w, (struct tg_audit_item){rec, NULL});
     pthread_mutex_unlock(&w->mu);
     return true;
 }
@@ -981,10 +984,7 @@ bool tg_audit_submit_lazy(struct tg_audit_writer *w, struct tg_audit_lazy *lazy,
         lazy->free(lazy);
         return false;
     }
-    w->q[(w->head + w->count) % w->cap] = (struct tg_audit_item){NULL, lazy};
-    w->count++;
-    if (w->sleeping || w->count >= WAKE_BATCH)
-        pthread_cond_signal(&w->cv_work);
+    push_locked(w, (struct tg_audit_item){NULL, lazy});
     pthread_mutex_unlock(&w->mu);
     return true;
 }
