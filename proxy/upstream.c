@@ -473,10 +473,7 @@ static void pump_body(struct tg_upstream *u)
 
 void tg_upstream_body_ready(struct tg_upstream *u)
 {
-    if (!u->in_cb)
-        pump_body(u);
-    else
-        pump_body(u); /* writes never call back synchronously */
+    pump_body(u); /* writes never call back synchronously, in a callback or not */
 }
 
 static void on_first_byte_timeout(uv_timer_t *t)
@@ -578,8 +575,6 @@ static int flush_header(struct tg_upstream *u)
 static int on_h_field(llhttp_t *p, const char *at, size_t len)
 {
     struct tg_upstream *u = p->data;
-    if (u->hval.len && flush_header(u))
-        return -1;
     u->head_bytes += len;
     if (u->head_bytes > UP_MAX_HEAD)
         return -1;
@@ -594,10 +589,13 @@ static int on_h_value(llhttp_t *p, const char *at, size_t len)
         return -1;
     if (!u->hname.len)
         return -1;
-    if (!u->hval.len && len == 0) {
-        /* empty value: keep a marker so flush happens */
-    }
     return tg_buf_append(&u->hval, at, len) ? -1 : 0;
+}
+
+/* One field is complete (its value may be empty): store it. */
+static int on_h_value_complete(llhttp_t *p)
+{
+    return flush_header(p->data);
 }
 
 static int on_h_complete(llhttp_t *p)
@@ -625,15 +623,11 @@ static int on_h_complete(llhttp_t *p)
         req->resp_content_length = (int64_t)p->content_length;
     else
         req->resp_content_length = -1;
-    if (!no_body && req->resp_content_length < 0 && !(p->flags & F_CHUNKED)) {
-        /* close-delimited body: the connection cannot be reused */
-    }
     bool has_body = !no_body && req->resp_content_length != 0;
-    if (req->resp_content_length >= 0 && !(p->flags & F_CHUNKED)) {
-        /* Keep the upstream's content-length; it is re-validated by the session framing. */
-    } else {
+    /* A known length is kept (the session frames by it); otherwise the
+     * session chooses the framing and no content-length may pass. */
+    if (req->resp_content_length < 0)
         tg_hlist_remove(&req->resp_headers, "content-length");
-    }
     u->got_head = true;
     req->upstream_first_byte_ns = uv_hrtime();
     tg_req_response_head(req, has_body);
@@ -663,6 +657,7 @@ static int on_h_message_complete(llhttp_t *p)
 static llhttp_settings_t up_settings = {
     .on_header_field = on_h_field,
     .on_header_value = on_h_value,
+    .on_header_value_complete = on_h_value_complete,
     .on_headers_complete = on_h_complete,
     .on_body = on_h_body,
     .on_message_complete = on_h_message_complete,
