@@ -242,6 +242,12 @@ static void on_connection(uv_stream_t *server, int status)
     uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
 }
 
+/* uv_close callback for a handle allocated on its own. */
+static void free_handle(uv_handle_t *h)
+{
+    tg_mem_free(h);
+}
+
 struct tg_admin *tg_admin_start(uv_loop_t *loop, const struct tg_cfg_admin *cfg,
                                 const struct tg_admin_ops *ops, void *ud, char *err,
                                 size_t errlen)
@@ -261,7 +267,7 @@ struct tg_admin *tg_admin_start(uv_loop_t *loop, const struct tg_cfg_admin *cfg,
     if (rv < 0) {
         snprintf(err, errlen, "admin: cannot listen on %s:%u: %s", cfg->address, cfg->port,
                  uv_strerror(rv));
-        uv_close((uv_handle_t *)&a->tcp, (uv_close_cb)tg_mem_free);
+        uv_close((uv_handle_t *)&a->tcp, free_handle);
         return NULL;
     }
     return a;

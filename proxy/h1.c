@@ -529,9 +529,7 @@ static void on_eof(struct tg_conn *c, int err)
     if (s->req) {
         struct tg_req *req = s->req;
         s->req = NULL;
-        if (!req->resp_end_sent)
-            tg_req_client_abort(req);
-        tg_req_free(req);
+        tg_req_free(req); /* counts as client.aborted when the response did not end */
     }
     s->state = H1_CLOSED;
 }
@@ -602,9 +600,7 @@ static void on_free(struct tg_conn *c)
     if (s->req) {
         struct tg_req *req = s->req;
         s->req = NULL;
-        if (!req->resp_end_sent)
-            tg_req_client_abort(req);
-        tg_req_free(req);
+        tg_req_free(req); /* counts as client.aborted when the response did not end */
     }
     tg_worker_cancel(c->worker, &s->finish);
     tg_worker_cancel(c->worker, &s->process);
@@ -624,11 +620,6 @@ static const struct tg_sess_ops h1_ops = {
     .on_free = on_free,
 };
 
-static void finish_cb(struct tg_defer *d)
-{
-    on_finish(d);
-}
-
 int tg_h1_attach(struct tg_conn *c)
 {
     struct h1_sess *s = tg_mem_calloc(1, sizeof(*s));
@@ -639,7 +630,7 @@ int tg_h1_attach(struct tg_conn *c)
     /* Head ceiling plus room for one body read of pipelined bytes. */
     tg_buf_init(&s->in, (size_t)s->cfg->limits.max_header_bytes + 65536);
     s->state = H1_HEAD;
-    s->finish.fn = finish_cb;
+    s->finish.fn = on_finish;
     s->process.fn = on_process;
     c->sess = s;
     c->sess_ops = &h1_ops;

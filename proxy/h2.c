@@ -144,6 +144,9 @@ static void flush(struct h2_sess *s)
 {
     if (s->dead)
         return;
+    /* nghttp2 hands out one frame (or frame header) at a time: they are
+     * joined here so that a TLS connection gets full records, not one per
+     * 9-byte frame header. */
     char buf[65536];
     size_t used = 0;
     if (tg_conn_pending(s->conn) == 0)

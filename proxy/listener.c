@@ -16,6 +16,23 @@
 
 atomic_uint tg_listener_conns;
 
+/* uv_close callback for a handle allocated on its own. */
+static void free_handle(uv_handle_t *h)
+{
+    tg_mem_free(h);
+}
+
+/* Accept and close at once: the kernel backlog must not hold clients forever. */
+static void refuse(struct tg_worker *w, uv_stream_t *server)
+{
+    uv_tcp_t *t = tg_mem_malloc(sizeof(*t));
+    if (!t)
+        return;
+    uv_tcp_init(&w->loop, t);
+    uv_accept(server, (uv_stream_t *)t);
+    uv_close((uv_handle_t *)t, free_handle);
+}
+
 static void on_connection(uv_stream_t *server, int status)
 {
     struct tg_listener *l = server->data;
@@ -23,22 +40,11 @@ static void on_connection(uv_stream_t *server, int status)
     if (status < 0 || l->closing)
         return;
     if (w->draining) {
-        /* Accept and close: the kernel backlog must not hold clients forever. */
-        uv_tcp_t *t = tg_mem_malloc(sizeof(*t));
-        if (!t)
-            return;
-        uv_tcp_init(&w->loop, t);
-        if (uv_accept(server, (uv_stream_t *)t) == 0) { /* fall through to close */ }
-        uv_close((uv_handle_t *)t, (uv_close_cb)tg_mem_free);
+        refuse(w, server);
         return;
     }
     if (atomic_load(&tg_listener_conns) >= w->cfg->limits.max_connections) {
-        uv_tcp_t *t = tg_mem_malloc(sizeof(*t));
-        if (!t)
-            return;
-        uv_tcp_init(&w->loop, t);
-        uv_accept(server, (uv_stream_t *)t);
-        uv_close((uv_handle_t *)t, (uv_close_cb)tg_mem_free);
+        refuse(w, server);
         /* At most one line per second per worker: an attack must not flood the log. */
         static _Thread_local uint64_t last_log, refused;
         refused++;
