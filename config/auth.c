@@ -29,7 +29,7 @@ static int parse_model_glob(struct tg_cfg_ctx *ctx, json_t *e, size_t i, void *a
     return p->models[i] ? 0 : tg_schema_nomem(ctx);
 }
 
-static int parse_models(struct tg_cfg_ctx *ctx, json_t *v, void *obj)
+int tg_config_parse_models(struct tg_cfg_ctx *ctx, json_t *v, void *obj)
 {
     struct tg_cfg_policy *p = obj;
     if (!v)
@@ -42,32 +42,6 @@ static int parse_models(struct tg_cfg_ctx *ctx, json_t *v, void *obj)
     p->nmodels = json_array_size(v);
     return tg_schema_each(ctx, v, parse_model_glob, p);
 }
-
-/*
- * Limits of SPEC §6 are enforced by the quota filters, which this version
- * does not have: a limit that is accepted but not enforced would be worse
- * than an error.
- */
-static int quota_field(struct tg_cfg_ctx *ctx, json_t *v, void *obj)
-{
-    (void)obj;
-    if (!v)
-        return 0;
-    return tg_schema_err(ctx, "quota limits are not supported by this version of tollgate yet");
-}
-
-static const struct tg_field policy_fields[] = {
-    TG_F_CUSTOM("models", parse_models, false),
-    TG_F_CUSTOM("requests_per_minute", quota_field, false),
-    TG_F_CUSTOM("tokens_per_minute", quota_field, false),
-    TG_F_CUSTOM("tokens_per_day", quota_field, false),
-    TG_F_CUSTOM("cost_per_day", quota_field, false),
-    TG_F_CUSTOM("cost_per_month", quota_field, false),
-    TG_F_CUSTOM("concurrency", quota_field, false),
-    TG_F_CUSTOM("max_tokens", quota_field, false),
-    TG_F_CUSTOM("max_tokens_action", quota_field, false),
-    TG_F_CUSTOM("tenant", quota_field, false),
-};
 
 static bool name_ok(const char *s, size_t n)
 {
@@ -112,8 +86,9 @@ int tg_config_parse_policies(struct tg_cfg_ctx *ctx, json_t *v, void *obj)
         else if (!(p->name = tg_mem_strdup(name)))
             rv = tg_schema_nomem(ctx);
         else
-            rv = tg_schema_apply(ctx, pv, policy_fields,
-                                 sizeof(policy_fields) / sizeof(policy_fields[0]), p);
+            rv = tg_schema_apply(ctx, pv, tg_config_policy_fields, tg_config_npolicy_fields, p);
+        if (!rv)
+            tg_config_policy_finish(p);
         tg_schema_pop(ctx, saved);
         if (rv)
             return rv;

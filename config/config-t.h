@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <sys/socket.h>
 
+#include "filters/quota-t.h"
+
 /* Protocol bits of listeners[].protocols. */
 enum tg_proto_bits {
     TG_PROTO_HTTP11 = 1u << 0, /* "http/1.1" */
@@ -141,9 +143,52 @@ struct tg_cfg_auth {
 
 /* policies.<name> */
 struct tg_cfg_policy {
-    char *name;      /* the key in "policies" */
-    char **models;   /* model globs; NULL = any model */
-    size_t nmodels;  /* count */
+    char *name;                   /* the key in "policies" */
+    char **models;                /* model globs; NULL = any model */
+    size_t nmodels;               /* count */
+    struct tg_quota_limits lim[TG_QS_COUNT]; /* [principal], [tenant] ("tenant" block);
+                                     0 = unlimited; costs in micro-dollars */
+    bool has_limits;              /* some limit above is non-zero */
+    uint64_t max_tokens;          /* cap on max_tokens & co.; 0 = none */
+    bool max_tokens_clamp;        /* max_tokens_action "clamp" (else "reject") */
+};
+
+/* pricing.<glob>: prices in micro-dollars per million tokens. */
+struct tg_cfg_price {
+    char *glob;                   /* model name or fnmatch glob */
+    size_t literal;               /* characters that are not glob syntax (specificity) */
+    bool exact;                   /* no glob syntax at all */
+    uint64_t input_per_million;   /* micro-dollars per 1e6 prompt tokens */
+    uint64_t output_per_million;  /* micro-dollars per 1e6 completion tokens */
+};
+
+/* quota.backend */
+enum tg_quota_backend {
+    TG_QUOTA_LOCAL = 0, /* in-process counters (default) */
+    TG_QUOTA_REDIS = 1, /* shared through Redis */
+};
+
+/* quota.on_backend_error */
+enum tg_quota_fail {
+    TG_QUOTA_FAIL_LOCAL = 0, /* in-process rate limits at 1/instances; budgets 503 (default) */
+    TG_QUOTA_FAIL_DENY = 1,  /* 503 */
+    TG_QUOTA_FAIL_ALLOW = 2, /* admit without limits */
+};
+
+/* quota */
+struct tg_cfg_quota {
+    int backend;                       /* enum tg_quota_backend */
+    char *redis_address;               /* numeric IP as written (redis backend) */
+    uint16_t redis_port;               /* default 6379 */
+    struct sockaddr_storage redis_addr;/* parsed address+port */
+    socklen_t redis_addrlen;           /* length of redis_addr */
+    char *redis_password;              /* secret from password_env, or NULL */
+    uint32_t redis_database;           /* SELECT index, default 0 */
+    uint64_t redis_timeout_ms;         /* per call, default 50 */
+    char *key_prefix;                  /* default "tg:" */
+    int on_backend_error;              /* enum tg_quota_fail */
+    uint32_t instances;                /* divisor of per-minute limits when degraded, >= 1 */
+    uint64_t default_output_reservation; /* default 1024 */
 };
 
 /* audit */
@@ -178,6 +223,9 @@ struct tg_config {
     struct tg_cfg_audit audit;         /* audit log (audit.enabled false: none) */
     struct tg_cfg_policy *policies;    /* named policies */
     size_t npolicies;                  /* count */
+    struct tg_cfg_price *prices;       /* pricing table */
+    size_t nprices;                    /* count */
+    struct tg_cfg_quota quota;         /* quota backend */
     char *error_log_file;              /* NULL for stderr */
     int error_log_level;               /* enum tg_log_level */
 };

@@ -13,7 +13,7 @@
 #include <openssl/crypto.h>
 
 /* Secrets are wiped before their memory goes back to the allocator (STYLE §25). */
-static void free_secret(char *s)
+void tg_config_free_secret(char *s)
 {
     if (!s)
         return;
@@ -50,7 +50,7 @@ static void free_upstream(struct tg_cfg_upstream *u)
         tg_mem_free(u->tls->private_key_file);
         tg_mem_free(u->tls);
     }
-    free_secret(u->authorization);
+    tg_config_free_secret(u->authorization);
 }
 
 void tg_config_free(struct tg_config *c)
@@ -61,7 +61,7 @@ void tg_config_free(struct tg_config *c)
         free_listener(&c->listeners[i]);
     tg_mem_free(c->listeners);
     tg_mem_free(c->admin.address);
-    free_secret(c->admin.token);
+    tg_config_free_secret(c->admin.token);
     for (size_t i = 0; i < c->nupstreams; i++)
         free_upstream(&c->upstreams[i]);
     tg_mem_free(c->upstreams);
@@ -74,6 +74,7 @@ void tg_config_free(struct tg_config *c)
     tg_mem_free(c->routes);
     tg_config_free_auth(c);
     tg_config_free_audit(c);
+    tg_config_free_quota(c);
     tg_mem_free(c->error_log_file);
     tg_mem_free(c->path);
     tg_mem_free(c->dir);

@@ -36,5 +36,12 @@ const struct tg_cfg_route *tg_config_route_match(const struct tg_config *c, cons
 
 /* The policy called name, or NULL. */
 const struct tg_cfg_policy *tg_config_find_policy(const struct tg_config *c, const char *name);
+/*
+ * The price of model (SPEC §3 pricing): an exact name wins, else the glob
+ * with the most literal characters; NULL when none matches (cost 0).
+ */
+const struct tg_cfg_price *tg_config_find_price(const struct tg_config *c, const char *model);
+/* Micro-dollars for the tokens at price p (NULL: 0), rounded up to the micro-dollar. */
+uint64_t tg_config_cost(const struct tg_cfg_price *p, uint64_t prompt, uint64_t completion);
 
 #endif

@@ -196,6 +196,24 @@ void tg_config_sort_routes(struct tg_config *c);
 
 /* auth.c: the "auth" section (obj is the tg_config); loads keys and JWKS. */
 int tg_config_parse_auth(struct tg_cfg_ctx *ctx, json_t *v, void *obj);
+/* auth.c: policies.*.models (obj is the tg_cfg_policy). */
+int tg_config_parse_models(struct tg_cfg_ctx *ctx, json_t *v, void *obj);
+/* quota.c: every field of one policy (models, limits, tenant limits, max_tokens). */
+extern const struct tg_field tg_config_policy_fields[];
+extern const size_t tg_config_npolicy_fields;
+/* quota.c: derived fields of a parsed policy (has_limits). */
+void tg_config_policy_finish(struct tg_cfg_policy *p);
+/* quota.c: the "pricing" section (obj is the tg_config). */
+int tg_config_parse_pricing(struct tg_cfg_ctx *ctx, json_t *v, void *obj);
+/* quota.c: the "quota" section (obj is the tg_config); absent gives the local backend. */
+int tg_config_parse_quota(struct tg_cfg_ctx *ctx, json_t *v, void *obj);
+/* quota.c: free pricing and quota (wipes the Redis password). */
+void tg_config_free_quota(struct tg_config *c);
+/* config.c: wipe and free a secret string.  NULL ok. */
+void tg_config_free_secret(char *s);
+/* sections.c: numeric IPv4/IPv6 text + port into addr.  0, or -1 when not numeric. */
+int tg_config_numeric_addr(const char *text, uint16_t port, struct sockaddr_storage *addr,
+                           socklen_t *addrlen);
 /* auth.c: the "policies" section (obj is the tg_config). */
 int tg_config_parse_policies(struct tg_cfg_ctx *ctx, json_t *v, void *obj);
 /* auth.c: the "audit" section (obj is the tg_config). */

@@ -33,24 +33,32 @@
  * current path) with port into addr/addrlen.  Host names are refused: a
  * listener binds exactly what was written.
  */
-static int set_bind_addr(struct tg_cfg_ctx *ctx, const char *text, uint16_t port,
-                         struct sockaddr_storage *addr, socklen_t *addrlen)
+int tg_config_numeric_addr(const char *text, uint16_t port, struct sockaddr_storage *addr,
+                           socklen_t *addrlen)
 {
     struct sockaddr_in *sin = (struct sockaddr_in *)addr;
     struct sockaddr_in6 *sin6 = (struct sockaddr_in6 *)addr;
     memset(addr, 0, sizeof(*addr));
-    if (inet_pton(AF_INET, text, &sin->sin_addr) == 1) {
+    if (text && inet_pton(AF_INET, text, &sin->sin_addr) == 1) {
         sin->sin_family = AF_INET;
         sin->sin_port = htons(port);
         *addrlen = sizeof(*sin);
         return 0;
     }
-    if (inet_pton(AF_INET6, text, &sin6->sin6_addr) == 1) {
+    if (text && inet_pton(AF_INET6, text, &sin6->sin6_addr) == 1) {
         sin6->sin6_family = AF_INET6;
         sin6->sin6_port = htons(port);
         *addrlen = sizeof(*sin6);
         return 0;
     }
+    return -1;
+}
+
+static int set_bind_addr(struct tg_cfg_ctx *ctx, const char *text, uint16_t port,
+                         struct sockaddr_storage *addr, socklen_t *addrlen)
+{
+    if (tg_config_numeric_addr(text, port, addr, addrlen) == 0)
+        return 0;
     size_t saved = tg_schema_push_key(ctx, "address");
     int rv = tg_schema_err(ctx, "expected a numeric IPv4 or IPv6 address");
     tg_schema_pop(ctx, saved);
@@ -562,30 +570,6 @@ static int parse_error_log(struct tg_cfg_ctx *ctx, json_t *v, void *obj)
                            sizeof(error_log_fields) / sizeof(error_log_fields[0]), obj);
 }
 
-/*
- * Sections of the SPEC whose features are not built yet.  Accepting them
- * silently would let an operator believe that authentication or quotas are
- * on, so their presence is an error until they are implemented.
- */
-static int unsupported(struct tg_cfg_ctx *ctx, json_t *v, void *obj)
-{
-    if (!v)
-        return 0;
-    return tg_schema_err(ctx, "not supported by this version of tollgate yet");
-}
-
-/* {"backend": "local"} is what no quota block means; anything else is not built yet. */
-static int parse_quota(struct tg_cfg_ctx *ctx, json_t *v, void *obj)
-{
-    if (!v)
-        return 0;
-    json_t *b = json_is_object(v) ? json_object_get(v, "backend") : NULL;
-    if (json_object_size(v) == 1 && json_is_string(b) && strcmp(json_string_value(b), "local") == 0)
-        return 0;
-    return tg_schema_err(ctx, "not supported by this version of tollgate yet "
-                              "(only {\"backend\": \"local\"} is accepted)");
-}
-
 /* ---- the top level ---- */
 
 static const struct tg_field root_fields[] = {
@@ -597,8 +581,8 @@ static const struct tg_field root_fields[] = {
     TG_F_CUSTOM("routes", defer_routes, false),
     TG_F_CUSTOM("auth", tg_config_parse_auth, false),
     TG_F_CUSTOM("policies", tg_config_parse_policies, false),
-    TG_F_CUSTOM("pricing", unsupported, false),
-    TG_F_CUSTOM("quota", parse_quota, false),
+    TG_F_CUSTOM("pricing", tg_config_parse_pricing, false),
+    TG_F_CUSTOM("quota", tg_config_parse_quota, false),
     TG_F_CUSTOM("audit", tg_config_parse_audit, false),
     TG_F_CUSTOM("error_log", parse_error_log, false),
 };

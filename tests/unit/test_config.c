@@ -415,17 +415,26 @@ static const struct bad_case bad_cases[] = {
      NULL},
     {"bad-auth-key-policy.json", "auth.api_keys_file: key \"alpha\": unknown policy standard",
      NULL},
-    {"bad-policy-quota.json",
-     "policies.standard.requests_per_minute: quota limits are not supported by this version",
+    {"bad-policy-zero-limit.json",
+     "policies.standard.requests_per_minute: expected an integer 1..1000000000000, or null for "
+     "no limit",
      NULL},
+    {"bad-policy-action.json",
+     "policies.p.max_tokens_action: expected one of \"reject\", \"clamp\"", NULL},
+    {"bad-policy-tenant-field.json", "policies.p.tenant.max_tokens: unknown key", NULL},
     {"bad-policy-name.json", "policies.bad name: expected a policy name of 1..64 characters",
      NULL},
     {"bad-auth-short-pepper.json",
      "auth.api_key_pepper_env: the pepper in $TG_TEST_SHORT_PEPPER must be at least 16 bytes",
      NULL},
-    {"bad-unsupported-pricing.json", ": pricing: not supported by this version", NULL},
+    {"bad-pricing-missing.json", "pricing.m-*.output_per_million: required key is missing", NULL},
+    {"bad-pricing-negative.json", "pricing.m-*.input_per_million: expected an amount in dollars",
+     NULL},
     {"bad-audit-no-key.json", "audit.hmac_key_env: required key is missing", NULL},
-    {"bad-unsupported-quota.json", ": quota: not supported by this version", NULL},
+    {"bad-quota-address.json",
+     "quota.redis.address: expected a numeric IPv4 or IPv6 address", NULL},
+    {"bad-quota-fail-mode.json",
+     "quota.on_backend_error: expected one of \"local\", \"deny\", \"allow\"", NULL},
     {"bad-log-level.json",
      "error_log.level: expected one of \"debug\", \"info\", \"warn\", \"error\"", NULL},
     {"bad-after-secret.json", "routes[0].upstream: unknown upstream \"down\"", NULL},
@@ -602,6 +611,61 @@ static void test_auth_policies(void **state)
     tg_config_unref(c);
 }
 
+static void test_quota_section(void **state)
+{
+    (void)state;
+    struct tg_config *c = load_ok("config/valid-quota.json");
+    const struct tg_cfg_policy *p = tg_config_find_policy(c, "standard");
+    assert_non_null(p);
+    assert_true(p->has_limits);
+    assert_int_equal(p->lim[TG_QS_PRINCIPAL].v[TG_QL_RPM], 600);
+    assert_int_equal(p->lim[TG_QS_PRINCIPAL].v[TG_QL_TPM], 200000);
+    assert_int_equal(p->lim[TG_QS_PRINCIPAL].v[TG_QL_TPD], 5000000);
+    assert_int_equal(p->lim[TG_QS_PRINCIPAL].v[TG_QL_CPD], 25000000);
+    assert_int_equal(p->lim[TG_QS_PRINCIPAL].v[TG_QL_CPM], 500500000);
+    assert_int_equal(p->lim[TG_QS_PRINCIPAL].v[TG_QL_CONC], 16);
+    assert_int_equal(p->lim[TG_QS_TENANT].v[TG_QL_RPM], 0);
+    assert_int_equal(p->lim[TG_QS_TENANT].v[TG_QL_TPM], 1000000);
+    assert_int_equal(p->lim[TG_QS_TENANT].v[TG_QL_CPD], 200000000);
+    assert_int_equal(p->max_tokens, 4096);
+    assert_true(p->max_tokens_clamp);
+    const struct tg_cfg_policy *f = tg_config_find_policy(c, "free");
+    assert_false(f->has_limits);
+    assert_int_equal(f->max_tokens, 0);
+
+    /* An exact name wins, then the glob with the most literal characters. */
+    assert_int_equal(tg_config_find_price(c, "llama-3.1-8b-instruct")->input_per_million, 100000);
+    assert_int_equal(tg_config_find_price(c, "llama-3.1-8b-chat")->input_per_million, 200000);
+    assert_int_equal(tg_config_find_price(c, "llama-2")->input_per_million, 500000);
+    assert_int_equal(tg_config_find_price(c, "mistral")->output_per_million, 3000000);
+    assert_null(tg_config_find_price(c, NULL));
+    /* SPEC §7's example: 812 prompt + 256 completion tokens of llama-3.1-8b = $0.000316. */
+    assert_int_equal(tg_config_cost(tg_config_find_price(c, "llama-3.1-8b"), 812, 256), 316);
+    /* Rounded up to the micro-dollar: one token at $0.20/M costs 1 micro-dollar, not 0. */
+    assert_int_equal(tg_config_cost(tg_config_find_price(c, "llama-3.1-8b"), 1, 0), 1);
+    assert_int_equal(tg_config_cost(NULL, 1000, 1000), 0);
+
+    assert_int_equal(c->quota.backend, TG_QUOTA_REDIS);
+    assert_int_equal(c->quota.redis_addr.ss_family, AF_INET6);
+    assert_int_equal(c->quota.redis_port, 6380);
+    assert_int_equal(c->quota.redis_database, 2);
+    assert_int_equal(c->quota.redis_timeout_ms, 75);
+    assert_string_equal(c->quota.key_prefix, "tgx:");
+    assert_int_equal(c->quota.on_backend_error, TG_QUOTA_FAIL_DENY);
+    assert_int_equal(c->quota.instances, 4);
+    assert_int_equal(c->quota.default_output_reservation, 512);
+    tg_config_unref(c);
+
+    /* No quota block: the local backend with the defaults. */
+    c = load_ok("config/valid-auth.json");
+    assert_int_equal(c->quota.backend, TG_QUOTA_LOCAL);
+    assert_int_equal(c->quota.default_output_reservation, 1024);
+    assert_int_equal(c->quota.instances, 1);
+    assert_string_equal(c->quota.key_prefix, "tg:");
+    assert_int_equal(c->nprices, 0);
+    tg_config_unref(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -616,6 +680,7 @@ int main(void)
         cmocka_unit_test(test_missing_config_file),
         cmocka_unit_test(test_route_match),
         cmocka_unit_test(test_auth_policies),
+        cmocka_unit_test(test_quota_section),
         cmocka_unit_test(test_route_no_catchall),
         cmocka_unit_test(test_failmalloc_valid),
         cmocka_unit_test(test_failmalloc_invalid),
