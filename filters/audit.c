@@ -177,12 +177,20 @@ void tg_audit_raw_request(struct tg_worker *worker, const struct tg_config *cfg,
     json_object_set_new(r, "reason", json_string(reason));
     json_object_set_new(r, "status", json_integer(status));
     json_object_set_new(r, "upstream", json_null());
+    static const char *const sources[] = {"none", "upstream", "observed"};
+    const struct tg_req_usage *u = &e->usage;
+    bool counted = u->source == 1 || u->source == 2;
     json_t *usage = json_object();
-    json_object_set_new(usage, "prompt_tokens", json_null());
-    json_object_set_new(usage, "completion_tokens", json_null());
-    json_object_set_new(usage, "source", json_string("none"));
+    json_object_set_new(usage, "prompt_tokens",
+                        counted ? json_integer((json_int_t)u->prompt_tokens) : json_null());
+    json_object_set_new(usage, "completion_tokens",
+                        counted ? json_integer((json_int_t)u->completion_tokens) : json_null());
+    json_object_set_new(usage, "source", json_string(sources[counted ? u->source : 0]));
     json_object_set_new(r, "usage", usage);
-    json_object_set_new(r, "cost", json_null());
+    /* Micro-dollars are exact; the record shows dollars (SPEC §3). */
+    json_object_set_new(r, "cost", counted ? json_real((double)u->cost / 1e6) : json_null());
+    if (u->degraded)
+        json_object_set_new(r, "degraded", json_true());
     json_t *bytes = json_object();
     json_object_set_new(bytes, "in", json_integer(0));
     json_object_set_new(bytes, "out", json_integer(0));
@@ -219,6 +227,7 @@ struct req_event {
     const char *tls, *protocol, *auth_method, *reason; /* static strings or NULL */
     int status, stream, client_port;
     bool denied;
+    struct tg_req_usage usage;  /* settled usage, cost, degraded, quota time */
     const char *str[EV_NSTR];   /* into data[] or NULL */
     char data[];
 };
@@ -282,6 +291,7 @@ static json_t *build_request(struct tg_audit_lazy *l)
     json_object_set_new(r, "bytes", bytes);
     json_t *t = json_object();
     json_object_set_new(t, "total", json_real(e->total_ms));
+    json_object_set_new(t, "quota", u->quota_ms >= 0 ? json_real(u->quota_ms) : json_null());
     json_object_set_new(t, "upstream_first_byte",
                         e->first_byte_ms >= 0 ? json_real(e->first_byte_ms) : json_null());
     json_object_set_new(r, "timing_ms", t);
@@ -363,6 +373,7 @@ static struct req_event *request_event(struct tg_req *req)
     e->stream = req->stream;
     e->client_port = req->client_port;
     e->denied = req->outcome.denied;
+    e->usage = req->usage;
     return e;
 }
 

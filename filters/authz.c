@@ -12,6 +12,7 @@
 
 #include "config/config.h"
 #include "filters/filters.h"
+#include "filters/usage.h"
 #include "proxy/buf.h"
 #include "proxy/req.h"
 
@@ -41,21 +42,32 @@ static bool model_allowed(const struct tg_cfg_policy *p, const char *model)
  * (POST .../chat/completions, .../completions, .../embeddings, .../responses);
  * other requests under the prefix (GET /v1/models ...) pass as they are.
  */
-static bool is_openai_endpoint(const struct tg_req *req)
+/*
+ * SPEC §3: on "openai" routes the OpenAI endpoints' bodies are inspected
+ * (POST .../chat/completions, .../completions, .../embeddings, .../responses);
+ * other requests under the prefix (GET /v1/models ...) pass as they are.
+ * Returns the endpoint's enum tg_usage_api, or -1.
+ */
+static int openai_endpoint(const struct tg_req *req)
 {
-    static const char *const ends[] = {"/chat/completions", "/completions", "/embeddings",
-                                       "/responses"};
+    static const struct {
+        const char *end;
+        int api;
+    } ends[] = {{"/chat/completions", TG_USAGE_CHAT},
+                {"/completions", TG_USAGE_COMPLETIONS},
+                {"/embeddings", TG_USAGE_EMBEDDINGS},
+                {"/responses", TG_USAGE_RESPONSES}};
     if (!tg_iov_eq(req->method, TG_IOV_LIT("POST")))
-        return false;
+        return -1;
     size_t len = 0;
     while (len < req->path.len && req->path.base[len] != '?')
         len++;
     for (size_t i = 0; i < sizeof(ends) / sizeof(ends[0]); i++) {
-        size_t n = strlen(ends[i]);
-        if (len >= n && memcmp(req->path.base + len - n, ends[i], n) == 0)
-            return true;
+        size_t n = strlen(ends[i].end);
+        if (len >= n && memcmp(req->path.base + len - n, ends[i].end, n) == 0)
+            return ends[i].api;
     }
-    return false;
+    return -1;
 }
 
 static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_req *req)
@@ -63,7 +75,12 @@ static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_r
     struct authz_ctx *ctx = f->ctx;
     const struct tg_cfg_policy *p = req->identity.policy;
     const struct tg_cfg_route *r = req->route;
-    bool inspect = r->api == TG_API_OPENAI && is_openai_endpoint(req);
+    int api = r->api == TG_API_OPENAI ? openai_endpoint(req) : -1;
+    bool inspect = api >= 0;
+    if (inspect) {
+        req->openai.inspected = true;
+        req->openai.api = api;
+    }
     if (!req->cfg->auth.enabled) {
         if (!inspect)
             return TG_FILTER_CONTINUE;
@@ -117,9 +134,11 @@ static enum tg_filter_status on_request_data(struct tg_filter *f, struct tg_req 
     json_t *st = json_object_get(doc, "stream");
     if (json_is_boolean(st))
         req->stream = json_is_true(st) ? 1 : 0;
-    bool ok = !req->identity.policy || model_allowed(req->identity.policy, model);
-    json_decref(doc);
-    if (!ok) {
+    json_t *so = json_object_get(doc, "stream_options");
+    req->openai.include_usage = json_is_object(so) && json_is_true(json_object_get(so, "include_usage"));
+    req->openai.doc = doc; /* the quota filter reads and may rewrite it; freed with req */
+    req->openai.prompt_estimate = (body.len + 3) / 4;
+    if (req->identity.policy && !model_allowed(req->identity.policy, model)) {
         tg_req_reply_error(req, 403, "model_not_allowed",
                            "the caller's policy does not allow this model", "authz.model");
         return TG_FILTER_REPLIED;

@@ -15,6 +15,13 @@ extern const struct tg_filter_ops tg_filter_authn;
 /* authz.c: route policies and model globs; 403 (and 400 for a body without a model). */
 extern const struct tg_filter_ops tg_filter_authz;
 /*
+ * quota.c: request limits of OpenAI bodies (max_tokens 400 or clamp,
+ * include_usage injection), admission against the caller's quotas (429 with
+ * retry-after; 503 when the backend is down and on_backend_error says so),
+ * x-ratelimit-* headers, usage reading and settlement.
+ */
+extern const struct tg_filter_ops tg_filter_quota;
+/*
  * forward.c: drops hop-by-hop fields (and those named by Connection),
  * client credentials (authorization, x-api-key) and client-sent x-tollgate-*
  * and x-forwarded-* fields, keeps a sane x-request-id or makes one,

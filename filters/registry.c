@@ -7,6 +7,7 @@ const struct tg_filter_ops *const tg_filter_registry[] = {
     &tg_filter_route,
     &tg_filter_authn,
     &tg_filter_authz,
+    &tg_filter_quota,
     &tg_filter_forward,
     NULL,
 };

@@ -1,5 +1,7 @@
 #include "proxy/metrics.h"
 
+#include "filters/quota.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -91,6 +93,34 @@ void tg_metrics_request(struct tg_metrics_shard *m, const char *route, int statu
         tg_counter_add(&m->client_aborts, 1);
 }
 
+void tg_metrics_tokens(struct tg_metrics_shard *m, const char *model, uint64_t prompt,
+                       uint64_t completion)
+{
+    struct tg_model_counter *c = &m->models_other;
+    if (!model)
+        model = "unknown";
+    size_t len = strlen(model);
+    /* Model names come from requests: a bounded table keeps the label set
+     * bounded whatever clients send (the rest is "other"). */
+    if (len <= TG_METRICS_MODEL_MAX) {
+        for (size_t i = 0; i < TG_METRICS_MODELS; i++) {
+            struct tg_model_counter *s = &m->models[i];
+            if (!atomic_load_explicit(&s->used, memory_order_relaxed)) {
+                memcpy(s->model, model, len + 1);
+                atomic_store_explicit(&s->used, 1, memory_order_release);
+                c = s;
+                break;
+            }
+            if (strcmp(s->model, model) == 0) {
+                c = s;
+                break;
+            }
+        }
+    }
+    tg_counter_add(&c->prompt, prompt);
+    tg_counter_add(&c->completion, completion);
+}
+
 /* Label values are route prefixes from the config: escape \, " and newlines anyway. */
 static int put_label(struct tg_buf *b, const char *v)
 {
@@ -137,6 +167,55 @@ static uint64_t sum_field(struct tg_metrics_shard *const *sh, size_t n, size_t o
     for (size_t k = 0; k < n; k++)
         v += rd((const tg_counter *)(const void *)((const char *)sh[k] + off));
     return v;
+}
+
+/* tollgate_tokens_total{model,kind}: equal model names summed across shards. */
+static int render_tokens(struct tg_buf *b, struct tg_metrics_shard *const *sh, size_t n)
+{
+    int rv = tg_buf_appendf(b, "# HELP tollgate_tokens_total Tokens charged, by model and kind "
+                               "(prompt, completion).\n# TYPE tollgate_tokens_total counter\n");
+    for (size_t k = 0; k < n && !rv; k++) {
+        for (size_t i = 0; i < TG_METRICS_MODELS && !rv; i++) {
+            const struct tg_model_counter *mc = &sh[k]->models[i];
+            if (!atomic_load_explicit(&mc->used, memory_order_acquire))
+                continue;
+            bool seen = false;
+            for (size_t j = 0; j < k && !seen; j++)
+                for (size_t q = 0; q < TG_METRICS_MODELS && !seen; q++) {
+                    const struct tg_model_counter *o = &sh[j]->models[q];
+                    seen = atomic_load_explicit(&o->used, memory_order_acquire) &&
+                           strcmp(o->model, mc->model) == 0;
+                }
+            if (seen)
+                continue;
+            uint64_t pr = 0, co = 0;
+            for (size_t j = k; j < n; j++)
+                for (size_t q = 0; q < TG_METRICS_MODELS; q++) {
+                    const struct tg_model_counter *o = &sh[j]->models[q];
+                    if (atomic_load_explicit(&o->used, memory_order_acquire) &&
+                        strcmp(o->model, mc->model) == 0) {
+                        pr += rd(&o->prompt);
+                        co += rd(&o->completion);
+                    }
+                }
+            for (int kind = 0; kind < 2 && !rv; kind++) {
+                rv = tg_buf_append(b, "tollgate_tokens_total{model=\"", 30);
+                rv = rv ? rv : put_label(b, mc->model);
+                rv = rv ? rv
+                        : tg_buf_appendf(b, "\",kind=\"%s\"} %llu\n",
+                                         kind ? "completion" : "prompt",
+                                         (unsigned long long)(kind ? co : pr));
+            }
+        }
+    }
+    uint64_t pr = sum_field(sh, n, offsetof(struct tg_metrics_shard, models_other.prompt));
+    uint64_t co = sum_field(sh, n, offsetof(struct tg_metrics_shard, models_other.completion));
+    if (!rv && (pr || co))
+        rv = tg_buf_appendf(b,
+                            "tollgate_tokens_total{model=\"other\",kind=\"prompt\"} %llu\n"
+                            "tollgate_tokens_total{model=\"other\",kind=\"completion\"} %llu\n",
+                            (unsigned long long)pr, (unsigned long long)co);
+    return rv;
 }
 
 #define COUNTER(b, name, help, value)                                                              \
@@ -218,6 +297,20 @@ int tg_metrics_render(struct tg_metrics_shard *const *sh, size_t n,
     for (size_t k = 0; k < n; k++)
         open += atomic_load_explicit(&sh[k]->connections_open, memory_order_relaxed);
     rv = rv ? rv : GAUGE(b, "tollgate_connections_open", "Client connections open.", open);
+    rv = rv ? rv
+            : tg_buf_appendf(b, "# HELP tollgate_quota_denials_total Requests refused by a "
+                                "quota, by limit.\n# TYPE tollgate_quota_denials_total counter\n");
+    for (unsigned i = 0; i < TG_METRICS_QUOTA_SLOTS && !rv; i++)
+        rv = tg_buf_appendf(
+            b, "tollgate_quota_denials_total{limit=\"%s\"} %llu\n", tg_quota_limit_label(i),
+            (unsigned long long)sum_field(sh, n,
+                                          offsetof(struct tg_metrics_shard, quota_denials) +
+                                              (size_t)i * sizeof(tg_counter)));
+    rv = rv ? rv
+            : COUNTER(b, "tollgate_quota_backend_errors_total",
+                      "Admissions the quota backend (Redis) could not answer.",
+                      sum_field(sh, n, offsetof(struct tg_metrics_shard, quota_backend_errors)));
+    rv = rv ? rv : render_tokens(b, sh, n);
     rv = rv ? rv
             : GAUGE(b, "tollgate_config_version", "Version of the loaded configuration.",
                     (long long)p->config_version);

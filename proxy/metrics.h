@@ -18,6 +18,9 @@
 #define TG_METRICS_ROUTE_SLOTS 256  /* distinct (route, status) pairs per shard */
 #define TG_METRICS_BUCKETS 14       /* histogram buckets (+Inf implied) */
 #define TG_METRICS_REASONS 8        /* auth failure reasons */
+#define TG_METRICS_QUOTA_SLOTS 13   /* quota refusals: 2 scopes x 6 limits + backend */
+#define TG_METRICS_MODELS 32        /* distinct model labels of tokens_total per shard */
+#define TG_METRICS_MODEL_MAX 64     /* longest model label kept (longer: "other") */
 
 typedef atomic_uint_fast64_t tg_counter;
 
@@ -34,6 +37,14 @@ struct tg_route_counter {
     atomic_int used;    /* slot taken (published after route/status are written) */
 };
 
+/* tokens_total of one model (slot published by `used` after the name is written). */
+struct tg_model_counter {
+    char model[TG_METRICS_MODEL_MAX + 1]; /* model name */
+    tg_counter prompt;                    /* prompt tokens */
+    tg_counter completion;                /* completion tokens */
+    atomic_int used;                      /* slot taken */
+};
+
 struct tg_metrics_shard {
     struct tg_route_counter routes[TG_METRICS_ROUTE_SLOTS]; /* requests_total */
     tg_counter routes_overflow;                 /* requests whose pair found no slot */
@@ -45,7 +56,15 @@ struct tg_metrics_shard {
     tg_counter client_aborts;                   /* client.aborted outcomes */
     tg_counter connections_accepted;            /* client connections accepted */
     atomic_int_fast64_t connections_open;       /* client connections open now */
+    tg_counter quota_denials[TG_METRICS_QUOTA_SLOTS]; /* by slot (tg_quota_limit_label) */
+    tg_counter quota_backend_errors;            /* admissions Redis could not answer */
+    struct tg_model_counter models[TG_METRICS_MODELS]; /* tokens_total by model */
+    struct tg_model_counter models_other;       /* models past the table or too long */
 };
+
+/* Count tokens of model (NULL: "unknown") on the shard's worker thread. */
+void tg_metrics_tokens(struct tg_metrics_shard *m, const char *model, uint64_t prompt,
+                       uint64_t completion);
 
 /* Count one finished request (called on the shard's worker thread). */
 void tg_metrics_request(struct tg_metrics_shard *m, const char *route, int status,

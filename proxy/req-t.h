@@ -20,6 +20,28 @@
 struct tg_req;
 struct tg_worker;
 struct tg_upstream;
+struct json_t;
+
+/* What the OpenAI body inspection found (authz reads it, quota rewrites it). */
+struct tg_req_openai {
+    struct json_t *doc;        /* the parsed body (owned, freed with the request), or NULL */
+    int api;                   /* enum tg_usage_api of the endpoint */
+    bool inspected;            /* an OpenAI endpoint whose body was parsed */
+    bool include_usage;        /* the client itself asked for stream_options.include_usage */
+    bool strip_usage;          /* tollgate injected include_usage: strip the event it causes */
+    int64_t max_tokens;        /* the request's effective output cap (after a clamp), -1 none */
+    uint64_t prompt_estimate;  /* ceil(body bytes / 4), the admission's prompt estimate */
+};
+
+/* Usage and quota facts of a finished request, for the audit record and metrics. */
+struct tg_req_usage {
+    int source;                /* enum: 0 none, 1 upstream, 2 observed */
+    uint64_t prompt_tokens;    /* charged prompt tokens */
+    uint64_t completion_tokens;/* charged completion tokens */
+    uint64_t cost;             /* charged micro-dollars */
+    bool degraded;             /* the quota decision was made without the shared backend */
+    double quota_ms;           /* admission time in ms, < 0 when there was none */
+};
 
 /* How a request reached tollgate. */
 enum tg_req_proto {
@@ -94,7 +116,7 @@ struct tg_req {
     const char *mtls_principal;            /* verified client certificate identity, or NULL */
     const char *listener;                  /* name of the listener the request came in on */
     struct tg_req_identity identity;       /* set by the authn filter */
-    struct tg_header reply_extra[4];       /* extra headers for a local reply */
+    struct tg_header reply_extra[8];       /* extra headers for a local reply */
     unsigned nreply_extra;                 /* count */
 
     /* Routing, set by the route filter. */
@@ -136,6 +158,13 @@ struct tg_req {
     const char *tls_version;               /* client TLS version ("TLSv1.3") or NULL */
     const char *model;                     /* "model" of an OpenAI body, when read */
     int stream;                            /* "stream" of an OpenAI body: -1 unknown, 0, 1 */
+    struct tg_req_openai openai;           /* body inspection results */
+    struct tg_req_usage usage;             /* settled usage (set by the quota filter) */
+    /* Response body transform (quota filter: usage stripping, cuts), or NULL:
+     * gets every upstream chunk instead of the session and passes bytes on
+     * with tg_req_response_emit(). */
+    int (*resp_xform)(struct tg_req *req, const char *p, size_t n, bool end);
+    void *resp_xform_arg;                  /* its state */
     struct tg_req_outcome outcome;         /* for the audit record */
     bool replied;                          /* answered locally (tg_req_reply_*) */
     bool completed;                        /* on_complete has run */

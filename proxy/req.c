@@ -1,5 +1,6 @@
 #include "proxy/req.h"
 
+#include <jansson.h>
 #include <openssl/crypto.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -72,6 +73,8 @@ struct tg_req *tg_req_new(struct tg_worker *w, struct tg_config *cfg,
     req->buffer_filter = -1;
     req->hold_filter = -1;
     req->stream = -1;
+    req->openai.max_tokens = -1;
+    req->usage.quota_ms = -1;
     req->on_chain_done = start_upstream;
     tg_bufq_init(&req->body_in);
     tg_bufq_init(&req->body_out);
@@ -129,7 +132,10 @@ void tg_req_free(struct tg_req *req)
     }
     tg_bufq_dispose(&req->body_in);
     tg_bufq_dispose(&req->body_out);
+    if (req->body_buffered.base)
+        OPENSSL_cleanse(req->body_buffered.base, req->body_buffered.len); /* prompts */
     tg_buf_dispose(&req->body_buffered);
+    json_decref(req->openai.doc);
     tg_config_unref(req->cfg);
     tg_arena_dispose(&req->arena);
     tg_mem_free(req);
@@ -359,7 +365,7 @@ int tg_req_resp_header_add(struct tg_req *req, const char *name, const char *val
 
 void tg_req_reply_extra(struct tg_req *req, const char *name, const char *value)
 {
-    if (req->nreply_extra >= 4)
+    if (req->nreply_extra >= sizeof(req->reply_extra) / sizeof(req->reply_extra[0]))
         return;
     char *n = tg_arena_strndup(&req->arena, name, strlen(name));
     char *v = tg_arena_strndup(&req->arena, value, strlen(value));
@@ -455,10 +461,48 @@ int tg_req_response_data(struct tg_req *req, const char *p, size_t n, bool end)
     if (req->resp_end_sent)
         return TG_E_CLOSED;
     tg_filter_run_response_data(req, tg_iov_make(p, n), end);
+    if (req->resp_xform)
+        return req->resp_xform(req, p, n, end);
+    return tg_req_response_emit(req, p, n, end);
+}
+
+int tg_req_response_emit(struct tg_req *req, const char *p, size_t n, bool end)
+{
+    if (req->resp_end_sent)
+        return TG_E_CLOSED;
     req->bytes_out += n;
     if (end)
         req->resp_end_sent = true;
     return req->sess_ops->send_data(req, p, n, end);
+}
+
+void tg_req_response_cut(struct tg_req *req, const char *reason)
+{
+    if (!req->resp_end_sent)
+        tg_req_response_emit(req, NULL, 0, true);
+    if (!req->outcome.reason)
+        req->outcome.reason = reason;
+    if (req->upstream) {
+        struct tg_upstream *u = req->upstream;
+        req->upstream = NULL;
+        tg_upstream_detach(u);
+    }
+}
+
+int tg_req_replace_body(struct tg_req *req, const char *p, size_t n)
+{
+    if (req->hold_filter < 0 || req->headers_done)
+        return TG_E_CLOSED;
+    struct tg_buf nb;
+    tg_buf_init(&nb, n > req->body_buffered.max ? n : req->body_buffered.max);
+    if (n && tg_buf_append(&nb, p, n) != 0)
+        return TG_E_NOMEM;
+    if (req->body_buffered.base)
+        OPENSSL_cleanse(req->body_buffered.base, req->body_buffered.len);
+    tg_buf_dispose(&req->body_buffered);
+    req->body_buffered = nb;
+    req->content_length = (int64_t)n;
+    return 0;
 }
 
 void tg_req_response_abort(struct tg_req *req, const char *reason)

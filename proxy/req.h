@@ -63,7 +63,7 @@ int tg_req_body(struct tg_req *req, const char *p, size_t n, bool end);
  */
 void tg_req_reply_error(struct tg_req *req, int status, const char *code, const char *message,
                         const char *reason);
-/* Remember a header (copied) for the next local reply (e.g. retry-after); at most 4. */
+/* Remember a header (copied) for the next local reply (e.g. retry-after); at most 8. */
 void tg_req_reply_extra(struct tg_req *req, const char *name, const char *value);
 /* Add an extra header to a local reply or response (before the head is sent). */
 int tg_req_resp_header_add(struct tg_req *req, const char *name, const char *value);
@@ -72,6 +72,25 @@ int tg_req_resp_header_add(struct tg_req *req, const char *name, const char *val
 int tg_req_response_head(struct tg_req *req, bool has_body);
 /* Upstream side: response body bytes (copied by the session); end marks the last. */
 int tg_req_response_data(struct tg_req *req, const char *p, size_t n, bool end);
+/*
+ * Send response bytes to the session, past req->resp_xform (the transform
+ * uses it to pass on what it keeps).  end marks the last.  0 or an error.
+ */
+int tg_req_response_emit(struct tg_req *req, const char *p, size_t n, bool end);
+/*
+ * A filter ends the response early on purpose (a stream cut at its output
+ * cap): end the client's response cleanly if not yet done, record reason
+ * (static) when none is set, and let go of the upstream exchange (its
+ * connection is closed, not reused).  Safe from inside resp_xform.
+ */
+void tg_req_response_cut(struct tg_req *req, const char *reason);
+/*
+ * Replace a held request body (from a filter's on_request_headers after
+ * tg_req_hold_body delivered it, before the chain ends): the new bytes are
+ * copied, the old ones wiped, and the length sent upstream becomes n.
+ * 0, TG_E_NOMEM, or TG_E_CLOSED when no body is held.
+ */
+int tg_req_replace_body(struct tg_req *req, const char *p, size_t n);
 /* Upstream side: the response broke after its head was sent; abort toward the client. */
 void tg_req_response_abort(struct tg_req *req, const char *reason);
 /* True when the client side has more than the high-water mark queued. */

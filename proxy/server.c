@@ -22,6 +22,7 @@
 #include "proxy/log.h"
 #include "proxy/mem.h"
 #include "filters/audit.h"
+#include "filters/quota.h"
 #include "filters/audit_writer.h"
 #include "proxy/admin.h"
 #include "proxy/buf.h"
@@ -141,17 +142,20 @@ static int admin_ready(void *ud, struct tg_buf *out)
         if (!st.healthy)
             why = "the audit log cannot be written";
     }
+    if (!why && !tg_quota_ready(s->cfg))
+        why = "the quota backend is unreachable and on_backend_error is deny";
+    const char *qb = tg_quota_backend_state(s->cfg);
     if (why) {
         tg_buf_appendf(out,
                        "{\"status\":\"not_ready\",\"reason\":\"%s\",\"config\":{\"version\":%llu,"
-                       "\"sha256\":\"%s\"},\"quota_backend\":\"local\"}\n",
-                       why, (unsigned long long)s->cfg->version, s->cfg->sha256_hex);
+                       "\"sha256\":\"%s\"},\"quota_backend\":\"%s\"}\n",
+                       why, (unsigned long long)s->cfg->version, s->cfg->sha256_hex, qb);
         return 503;
     }
     tg_buf_appendf(out,
                    "{\"status\":\"ready\",\"config\":{\"version\":%llu,\"sha256\":\"%s\"},"
-                   "\"quota_backend\":\"local\"}\n",
-                   (unsigned long long)s->cfg->version, s->cfg->sha256_hex);
+                   "\"quota_backend\":\"%s\"}\n",
+                   (unsigned long long)s->cfg->version, s->cfg->sha256_hex, qb);
     return 200;
 }
 
@@ -314,12 +318,15 @@ int tg_server_run(const char *path)
         tg_audit_set_writer(s->audit);
         tg_audit_process_record("startup", s->cfg);
     }
+    bool quota_ok = tg_quota_global_init() == 0;
+    if (!quota_ok)
+        fprintf(stderr, "tollgate: cannot initialise the quota stores\n");
     uv_loop_init(&s->loop);
     uv_mutex_init(&s->mu);
     s->nworkers = s->cfg->workers;
     s->workers = tg_mem_calloc(s->nworkers, sizeof(*s->workers));
     s->pending = tg_mem_calloc(s->nworkers, sizeof(*s->pending));
-    if (!s->workers || !s->pending || !s->path)
+    if (!s->workers || !s->pending || !s->path || !quota_ok)
         goto out_loop;
     unsigned started = 0, inited = 0;
     for (; inited < s->nworkers; inited++)
@@ -401,6 +408,7 @@ out_loop:
         tg_config_unref(s->pending[i]);
     tg_mem_free(s->pending);
     tg_mem_free(s->workers);
+    tg_quota_global_free();
     uv_mutex_destroy(&s->mu);
     uv_loop_close(&s->loop);
     tg_log_stop();

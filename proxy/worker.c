@@ -1,5 +1,7 @@
 #include "proxy/worker.h"
 
+#include "filters/quota.h"
+
 #include <stdio.h>
 #include <string.h>
 
@@ -98,6 +100,10 @@ static void maybe_finish(struct tg_worker *w)
 {
     if (!w->draining || w->nconns > 0 || uv_is_closing((uv_handle_t *)&w->wakeup))
         return;
+    /* Settlements still in flight finish first (bounded by the grace timer). */
+    if (!tg_quota_worker_idle(w))
+        return;
+    tg_quota_worker_close(w);
     tg_pool_close_idle(w->pool);
     close_worker_handles(w);
 }
@@ -115,6 +121,7 @@ static void on_grace(uv_timer_t *t)
                     w->index, w->nconns);
     while (w->conns)
         tg_conn_close(w->conns);
+    tg_quota_worker_close(w); /* abandons settlements still waiting for Redis */
     maybe_finish(w);
 }
 
@@ -205,6 +212,7 @@ static void on_wakeup(uv_async_t *a)
             apply_listeners(w, next);
         tg_config_unref(w->cfg);
         w->cfg = next;
+        tg_quota_worker_update(w);
     }
     if (w->stop_requested)
         begin_drain(w);
@@ -229,6 +237,8 @@ int tg_worker_init(struct tg_worker *w, struct tg_server *s, unsigned i, struct 
     w->metrics = tg_mem_calloc(1, sizeof(*w->metrics));
     if (!w->pool || !w->metrics)
         return TG_E_NOMEM;
+    if ((rv = tg_quota_worker_init(w)) != 0)
+        return rv;
     for (size_t k = 0; k < cfg->nlisteners; k++) {
         struct tg_listener *l = NULL;
         char err[512];
@@ -281,6 +291,7 @@ void tg_worker_dispose(struct tg_worker *w)
             l = n;
         }
         w->listeners = NULL;
+        tg_quota_worker_close(w);
         close_worker_handles(w);
     }
     uv_run(&w->loop, UV_RUN_DEFAULT);

@@ -26,6 +26,8 @@ struct tg_defer {
     uint64_t round;                 /* worker round in which it was queued */
 };
 
+struct tg_quota_worker;
+
 struct tg_worker {
     unsigned index;                 /* 0..workers-1 */
     struct tg_server *server;       /* owning server */
@@ -44,6 +46,7 @@ struct tg_worker {
     unsigned nconns;                /* count of conns */
     struct tg_pool *pool;           /* upstream keep-alive pools */
     struct tg_metrics_shard *metrics; /* this worker's counters (read by scrapes) */
+    struct tg_quota_worker *quota;  /* quota backend state (filters/quota.c), or NULL */
     bool draining;                  /* stop accepting, finish in-flight work */
     bool stop_requested;            /* set by another thread; read in wakeup */
     int exit_code;                  /* 0 unless startup failed */

@@ -227,3 +227,53 @@ def curl(*args, timeout=20):
     """Run curl; returns CompletedProcess (text)."""
     return subprocess.run(["curl", "-sS", "--max-time", str(timeout * SLOW), *args],
                           capture_output=True, text=True, timeout=timeout * SLOW + 5)
+
+
+class RedisServer:
+    """A throwaway redis-server on a free loopback port (SPEC §1: Redis 7)."""
+
+    def __init__(self, tmp_path, port=None, extra=()):
+        self.dir = tmp_path
+        self.port = port or free_port()
+        self.extra = list(extra)
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.dir), *self.extra],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                if self.client().ping():
+                    return
+            except Exception:  # noqa: BLE001 - not up yet
+                time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def client(self, **kw):
+        import redis  # python3-redis
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **kw)
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def redis_server(tmp_path):
+    r = RedisServer(tmp_path)
+    yield r
+    r.stop()
