@@ -33,6 +33,8 @@
 #include <sys/socket.h>
 #include <uv.h>
 
+#include "proxy/err.h"
+
 struct redisReply; /* hiredis/hiredis.h; callers inspect it there */
 struct tg_redis;      /* one connection (and its reconnect logic) on one loop */
 struct tg_redis_call; /* one pending tg_redis_eval() */
