@@ -85,6 +85,7 @@ struct mode {
     int64_t reset_after;   /* events, chunks or body bytes before an RST */
     int64_t big;           /* body of this many 'x' bytes */
     int64_t sse_big;       /* SSE stream of this many ~1 KiB events */
+    int64_t events;        /* stream this many content events whatever max_tokens says */
     int status;            /* answer with this status and an error body; 0: off */
     bool no_usage;         /* never send the usage event */
     bool close;            /* Connection: close after the response */
@@ -524,6 +525,7 @@ static struct req *req_new(void)
     r->mode.reset_after = -1;
     r->mode.big = -1;
     r->mode.sse_big = -1;
+    r->mode.events = -1;
     r->http_minor = 1;
     return r;
 }
@@ -631,6 +633,8 @@ static bool mode_token(struct mode *m, const char *p, size_t n)
         return parse_num(v, vn, INT64_C(1) << 40, &m->big);
     if (tok_eq(p, kn, "sse-big"))
         return parse_num(v, vn, 10000000, &m->sse_big);
+    if (tok_eq(p, kn, "events"))
+        return parse_num(v, vn, 10000000, &m->events);
     if (tok_eq(p, kn, "status")) {
         if (!parse_num(v, vn, 599, &x) || x < 200)
             return false;
@@ -1334,7 +1338,8 @@ static void handle_completion(struct conn *c, struct req *r, bool chat)
         r->n_events = (uint64_t)r->mode.sse_big;
         sse_start(c, r);
     } else if (stream) {
-        r->n_events = n;
+        /* events=N: an upstream that ignores max_tokens. */
+        r->n_events = r->mode.events >= 0 ? (uint64_t)r->mode.events : n;
         sse_start(c, r);
     } else {
         completion_body(&c->sb, r, n);
