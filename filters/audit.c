@@ -177,20 +177,12 @@ void tg_audit_raw_request(struct tg_worker *worker, const struct tg_config *cfg,
     json_object_set_new(r, "reason", json_string(reason));
     json_object_set_new(r, "status", json_integer(status));
     json_object_set_new(r, "upstream", json_null());
-    static const char *const sources[] = {"none", "upstream", "observed"};
-    const struct tg_req_usage *u = &e->usage;
-    bool counted = u->source == 1 || u->source == 2;
     json_t *usage = json_object();
-    json_object_set_new(usage, "prompt_tokens",
-                        counted ? json_integer((json_int_t)u->prompt_tokens) : json_null());
-    json_object_set_new(usage, "completion_tokens",
-                        counted ? json_integer((json_int_t)u->completion_tokens) : json_null());
-    json_object_set_new(usage, "source", json_string(sources[counted ? u->source : 0]));
+    json_object_set_new(usage, "prompt_tokens", json_null());
+    json_object_set_new(usage, "completion_tokens", json_null());
+    json_object_set_new(usage, "source", json_string("none"));
     json_object_set_new(r, "usage", usage);
-    /* Micro-dollars are exact; the record shows dollars (SPEC §3). */
-    json_object_set_new(r, "cost", counted ? json_real((double)u->cost / 1e6) : json_null());
-    if (u->degraded)
-        json_object_set_new(r, "degraded", json_true());
+    json_object_set_new(r, "cost", json_null());
     json_t *bytes = json_object();
     json_object_set_new(bytes, "in", json_integer(0));
     json_object_set_new(bytes, "out", json_integer(0));
@@ -279,12 +271,20 @@ static json_t *build_request(struct tg_audit_lazy *l)
     json_object_set_new(r, "reason", str_or_null(e->reason));
     json_object_set_new(r, "status", json_integer(e->status));
     json_object_set_new(r, "upstream", ev_str(e, EV_UPSTREAM));
+    static const char *const sources[] = {"none", "upstream", "observed"};
+    const struct tg_req_usage *u = &e->usage;
+    bool counted = u->source == 1 || u->source == 2;
     json_t *usage = json_object();
-    json_object_set_new(usage, "prompt_tokens", json_null());
-    json_object_set_new(usage, "completion_tokens", json_null());
-    json_object_set_new(usage, "source", json_string("none"));
+    json_object_set_new(usage, "prompt_tokens",
+                        counted ? json_integer((json_int_t)u->prompt_tokens) : json_null());
+    json_object_set_new(usage, "completion_tokens",
+                        counted ? json_integer((json_int_t)u->completion_tokens) : json_null());
+    json_object_set_new(usage, "source", json_string(sources[counted ? u->source : 0]));
     json_object_set_new(r, "usage", usage);
-    json_object_set_new(r, "cost", json_null());
+    /* Micro-dollars are exact; the record shows dollars (SPEC §3). */
+    json_object_set_new(r, "cost", counted ? json_real((double)u->cost / 1e6) : json_null());
+    if (u->degraded)
+        json_object_set_new(r, "degraded", json_true());
     json_t *bytes = json_object();
     json_object_set_new(bytes, "in", json_integer((json_int_t)e->bytes_in));
     json_object_set_new(bytes, "out", json_integer((json_int_t)e->bytes_out));

@@ -244,12 +244,14 @@ const char *tg_quota_limit_label(unsigned i)
 /* OpenAI's duration style for x-ratelimit-reset-*: "120ms", "1s", "1.5s", "6m0s". */
 static void fmt_reset(char *out, size_t n, uint64_t ms)
 {
+    if (ms > UINT64_C(1) << 50)
+        ms = UINT64_C(1) << 50; /* keeps every field short */
     if (ms < 1000) {
         snprintf(out, n, "%llums", (unsigned long long)ms);
         return;
     }
     uint64_t m = ms / 60000, rest = ms % 60000;
-    char sec[32];
+    char sec[16];
     if (rest % 1000 == 0)
         snprintf(sec, sizeof(sec), "%llus", (unsigned long long)(rest / 1000));
     else {
@@ -361,7 +363,8 @@ static void on_renew(uv_timer_t *t)
         tg_quota_argv_dispose(&a);
         break;
     }
-    default: break;
+    case ST_NONE:
+    case ST_ALLOWED: break;
     }
 }
 

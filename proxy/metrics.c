@@ -199,7 +199,7 @@ static int render_tokens(struct tg_buf *b, struct tg_metrics_shard *const *sh, s
                     }
                 }
             for (int kind = 0; kind < 2 && !rv; kind++) {
-                rv = tg_buf_append(b, "tollgate_tokens_total{model=\"", 30);
+                rv = tg_buf_appendf(b, "tollgate_tokens_total{model=\"");
                 rv = rv ? rv : put_label(b, mc->model);
                 rv = rv ? rv
                         : tg_buf_appendf(b, "\",kind=\"%s\"} %llu\n",

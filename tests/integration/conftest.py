@@ -236,6 +236,9 @@ class RedisServer:
         self.dir = tmp_path
         self.port = port or free_port()
         self.extra = list(extra)
+        self.password = None
+        if "--requirepass" in self.extra:
+            self.password = self.extra[self.extra.index("--requirepass") + 1]
         self.proc = None
         self.start()
 
@@ -247,7 +250,7 @@ class RedisServer:
         deadline = time.time() + 10
         while time.time() < deadline:
             try:
-                if self.client().ping():
+                if self.client(password=self.password).ping():
                     return
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.02)
