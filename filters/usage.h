@@ -78,11 +78,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TG_USAGE_CUT 1                       /* feed()/finish(): tollgate ended the stream */
-#define TG_USAGE_EVENT_MAX (64u * 1024u)     /* data bytes of one SSE event */
-#define TG_USAGE_RAW_MAX (128u * 1024u)      /* bytes of one SSE event as sent (held in transform) */
-#define TG_USAGE_JSON_MAX 4096u              /* raw bytes of a JSON body's "usage" object */
-#define TG_USAGE_STR_MAX 256u                /* id and model kept for synthesized events */
+#define TG_USAGE_CUT 1                   /* feed()/finish(): tollgate ended the stream */
+#define TG_USAGE_EVENT_MAX (64u * 1024u) /* data bytes of one SSE event */
+#define TG_USAGE_RAW_MAX (128u * 1024u)  /* bytes of one SSE event as sent (held in transform) */
+#define TG_USAGE_JSON_MAX 4096u          /* raw bytes of a JSON body's "usage" object */
+#define TG_USAGE_STR_MAX 256u            /* id and model kept for synthesized events */
 
 /* Which OpenAI API answered: decides where content and usage are. */
 enum tg_usage_api {

@@ -204,8 +204,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
           one.r.content_events == some.r.content_events && one.r.done == some.r.done &&
           one.r.lost == some.r.lost);
 
-    bool cut_on = o.sse && o.max_output > 0 &&
-                  (o.api == TG_USAGE_CHAT || o.api == TG_USAGE_COMPLETIONS);
+    bool cut_on =
+        o.sse && o.max_output > 0 && (o.api == TG_USAGE_CHAT || o.api == TG_USAGE_COMPLETIONS);
     bool transform = o.sse && (o.strip_usage || cut_on);
     if (!transform)
         CHECK(one.out.len == len && (len == 0 || memcmp(one.out.p, in, len) == 0));
