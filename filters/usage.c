@@ -77,10 +77,12 @@ enum key {
 };
 
 static const char *const key_names[] = {
-    [K_USAGE] = "usage",       [K_CHOICES] = "choices", [K_MESSAGE] = "message",
-    [K_CONTENT] = "content",   [K_TEXT] = "text",       [K_REASONING_CONTENT] = "reasoning_content",
-    [K_REFUSAL] = "refusal",   [K_TOOL_CALLS] = "tool_calls", [K_FUNCTION] = "function",
-    [K_ARGUMENTS] = "arguments", [K_OUTPUT] = "output", [K_SUMMARY] = "summary",
+    [K_USAGE] = "usage",       [K_CHOICES] = "choices",
+    [K_MESSAGE] = "message",   [K_CONTENT] = "content",
+    [K_TEXT] = "text",         [K_REASONING_CONTENT] = "reasoning_content",
+    [K_REFUSAL] = "refusal",   [K_TOOL_CALLS] = "tool_calls",
+    [K_FUNCTION] = "function", [K_ARGUMENTS] = "arguments",
+    [K_OUTPUT] = "output",     [K_SUMMARY] = "summary",
 };
 
 /* Paths (from the top-level key down) of content strings in JSON bodies. */
@@ -141,28 +143,28 @@ struct tg_usage {
     bool finished;            /* tg_usage_finish() ran */
     int err;                  /* sticky emit error, or 0 */
     /* SSE framing */
-    unsigned char ls;         /* enum lstate */
-    unsigned char bom;        /* BOM bytes matched at the stream start */
-    unsigned char name_len;   /* bytes of "data" matched in the field name, or NAME_BAD */
-    bool after_cr;            /* the last piece ended with a CR line end */
-    bool cr_event_end;        /* ... which ended an event */
-    bool cr_dropped;          /* ... which was dropped */
-    bool ev_has_data;         /* the current event has a data field */
-    bool ev_over;             /* the current event is oversized (forwarded unread) */
-    size_t ev_raw;            /* bytes of the current event in earlier pieces */
-    uint64_t ev_data_cp;      /* oversized event: characters of its data */
-    struct tg_buf data;       /* the current event's joined data */
-    struct tg_buf held;       /* transform: the current event's bytes from earlier pieces */
+    unsigned char ls;       /* enum lstate */
+    unsigned char bom;      /* BOM bytes matched at the stream start */
+    unsigned char name_len; /* bytes of "data" matched in the field name, or NAME_BAD */
+    bool after_cr;          /* the last piece ended with a CR line end */
+    bool cr_event_end;      /* ... which ended an event */
+    bool cr_dropped;        /* ... which was dropped */
+    bool ev_has_data;       /* the current event has a data field */
+    bool ev_over;           /* the current event is oversized (forwarded unread) */
+    size_t ev_raw;          /* bytes of the current event in earlier pieces */
+    uint64_t ev_data_cp;    /* oversized event: characters of its data */
+    struct tg_buf data;     /* the current event's joined data */
+    struct tg_buf held;     /* transform: the current event's bytes from earlier pieces */
     /* identity for synthesized events */
-    char id[TG_USAGE_STR_MAX];    /* first event's "id" (UTF-8, not NUL-terminated) */
-    size_t id_len;                /* its length */
-    char model[TG_USAGE_STR_MAX]; /* first event's "model" */
-    size_t model_len;             /* its length */
-    int64_t created;              /* first event's "created" */
+    char id[TG_USAGE_STR_MAX];              /* first event's "id" (UTF-8, not NUL-terminated) */
+    size_t id_len;                          /* its length */
+    char model[TG_USAGE_STR_MAX];           /* first event's "model" */
+    size_t model_len;                       /* its length */
+    int64_t created;                        /* first event's "created" */
     bool have_id, have_model, have_created; /* which were seen */
     /* JSON body */
-    struct jscan js;     /* scanner */
-    struct tg_buf cap;   /* raw bytes of the top-level usage object */
+    struct jscan js;   /* scanner */
+    struct tg_buf cap; /* raw bytes of the top-level usage object */
 };
 
 /* ---- helpers ---- */
@@ -205,8 +207,7 @@ static void read_usage(struct tg_usage *u, json_t *usage, const char *pk, const 
     json_t *pv = json_object_get(usage, pk), *cv = json_object_get(usage, ck);
 
     if (!json_is_object(usage) || !json_is_integer(pv) || json_integer_value(pv) < 0 ||
-        (cv != NULL && !json_is_null(cv) &&
-         (!json_is_integer(cv) || json_integer_value(cv) < 0))) {
+        (cv != NULL && !json_is_null(cv) && (!json_is_integer(cv) || json_integer_value(cv) < 0))) {
         u->r.lost = true;
         return;
     }
@@ -238,7 +239,8 @@ static uint64_t choices_chars(const struct tg_usage *u, json_t *choices)
     size_t i, j;
     json_t *c, *tc;
 
-    json_array_foreach(choices, i, c) {
+    json_array_foreach(choices, i, c)
+    {
         if (u->o.api == TG_USAGE_COMPLETIONS) {
             k += str_cp(json_object_get(c, "text"));
             continue;
@@ -247,8 +249,8 @@ static uint64_t choices_chars(const struct tg_usage *u, json_t *choices)
         k += str_cp(json_object_get(d, "content"));
         k += str_cp(json_object_get(d, "reasoning_content"));
         k += str_cp(json_object_get(d, "refusal"));
-        json_array_foreach(json_object_get(d, "tool_calls"), j, tc)
-            k += str_cp(json_object_get(json_object_get(tc, "function"), "arguments"));
+        json_array_foreach(json_object_get(d, "tool_calls"), j, tc) k +=
+            str_cp(json_object_get(json_object_get(tc, "function"), "arguments"));
     }
     return k;
 }
@@ -257,8 +259,10 @@ static uint64_t choices_chars(const struct tg_usage *u, json_t *choices)
 static uint64_t responses_event(struct tg_usage *u, json_t *root)
 {
     static const char *const deltas[] = {
-        "response.output_text.delta",   "response.refusal.delta",
-        "response.function_call_arguments.delta", "response.reasoning_text.delta",
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+        "response.reasoning_text.delta",
         "response.reasoning_summary_text.delta",
     };
     const char *type = json_string_value(json_object_get(root, "type"));
@@ -312,7 +316,8 @@ static bool over_limit(const struct tg_usage *u, uint64_t events, uint64_t obser
 static enum verdict content(struct tg_usage *u, uint64_t chars)
 {
     uint64_t tok = chars > 4 ? tokens_of(chars) : 1;
-    uint64_t events = sat_add(u->r.content_events, 1), observed = sat_add(u->r.observed_output, tok);
+    uint64_t events = sat_add(u->r.content_events, 1),
+             observed = sat_add(u->r.observed_output, tok);
 
     if (u->cut_on && over_limit(u, events, observed))
         return V_CUT;
@@ -379,7 +384,7 @@ static enum verdict on_over_event(struct tg_usage *u)
     u->r.content_events = sat_add(u->r.content_events, 1);
     u->r.observed_output = sat_add(u->r.observed_output, tok);
     return u->cut_on && over_limit(u, u->r.content_events, u->r.observed_output) ? V_CUT_AFTER
-                                                                               : V_FORWARD;
+                                                                                 : V_FORWARD;
 }
 
 /* The event stops being read: it will be forwarded as it comes. */
@@ -507,10 +512,11 @@ static int cut(struct tg_usage *u, struct piece *pc)
 
     u->r.cut = true;
     out_head(u, &o);
-    out_lit(&o, u->o.api == TG_USAGE_CHAT
-                    ? "[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"length\"}]}\n\n"
-                    : "[{\"text\":\"\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"length\"}]}"
-                      "\n\n");
+    out_lit(&o,
+            u->o.api == TG_USAGE_CHAT
+                ? "[{\"index\":0,\"delta\":{},\"logprobs\":null,\"finish_reason\":\"length\"}]}\n\n"
+                : "[{\"text\":\"\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"length\"}]}"
+                  "\n\n");
     if (!u->o.strip_usage) {
         out_head(u, &o);
         out_lit(&o, "[],\"usage\":{\"prompt_tokens\":");
@@ -680,7 +686,8 @@ static int sse_walk(struct tg_usage *u, struct piece *pc, bool eof)
                 u->ls = L_START;
                 i = line_end(u, p, n, i);
             } else {
-                u->name_len = u->name_len < 4 && c == "data"[u->name_len] ? u->name_len + 1 : NAME_BAD;
+                u->name_len =
+                    u->name_len < 4 && c == "data"[u->name_len] ? u->name_len + 1 : NAME_BAD;
                 i++;
             }
             continue;
@@ -752,7 +759,9 @@ static bool content_path(const struct tg_usage *u)
     case TG_USAGE_COMPLETIONS:
         paths = compl_paths, np = sizeof(compl_paths) / sizeof(compl_paths[0]);
         break;
-    case TG_USAGE_RESPONSES: paths = resp_paths, np = sizeof(resp_paths) / sizeof(resp_paths[0]); break;
+    case TG_USAGE_RESPONSES:
+        paths = resp_paths, np = sizeof(resp_paths) / sizeof(resp_paths[0]);
+        break;
     case TG_USAGE_EMBEDDINGS:
     default: return false;
     }
@@ -949,8 +958,8 @@ struct tg_usage *tg_usage_new(const struct tg_usage_opts *o)
     if (u == NULL)
         return NULL;
     u->o = *o;
-    u->cut_on = o->sse && o->max_output > 0 &&
-                (o->api == TG_USAGE_CHAT || o->api == TG_USAGE_COMPLETIONS);
+    u->cut_on =
+        o->sse && o->max_output > 0 && (o->api == TG_USAGE_CHAT || o->api == TG_USAGE_COMPLETIONS);
     u->transform = o->sse && (o->strip_usage || u->cut_on);
     u->ls = L_BOM;
     tg_buf_init(&u->data, TG_USAGE_EVENT_MAX);

@@ -15,9 +15,11 @@
  *    unchanged and uncopied, then parses it on the side;
  *  - transform (SSE with strip_usage, or max_output on chat/completions):
  *    the bytes of the current event are held until its blank line, then
- *    the event is forwarded byte-identical, dropped (strip_usage: the
- *    usage-only event include_usage causes) or replaced by tollgate's own
- *    end of stream (the cut, see tg_usage_feed()).
+ *    the event is forwarded byte-identical, dropped (strip_usage: an event
+ *    whose JSON has a non-null `usage` and an empty `choices` array, the
+ *    extra event include_usage causes; an event with both content and usage
+ *    is kept) or replaced by tollgate's own end of stream (the cut, see
+ *    tg_usage_feed()).
  *
  * SSE framing follows the WHATWG HTML "server-sent events" parser: CRLF, LF
  * or CR line ends (a CR ending one piece and an LF starting the next are one
@@ -26,8 +28,12 @@
  * UTF-8 BOM is skipped, and everything else (comments, event:, id:, retry:)
  * is forwarded untouched.  An event whose data passes TG_USAGE_EVENT_MAX, or
  * whose bytes pass TG_USAGE_RAW_MAX, is "oversized": it is forwarded as it
- * came, `lost` is set, and reading resumes at the next event.  At
- * tg_usage_finish(), an unterminated last event is treated as ended.
+ * came (never stripped), `lost` is set, and reading resumes at the next
+ * event.  On chat/completions an oversized event with data counts as one
+ * content event of ceil(data characters / 4) tokens (conservative: the JSON
+ * around the text counts too), so huge events cannot slip past the cut,
+ * which then follows right after it.  At tg_usage_finish(), an unterminated
+ * last event is treated as ended.
  *
  * Each event's data is parsed with jansson (JSON_REJECT_DUPLICATES).  What
  * counts as output text ("content"), per API:
@@ -78,11 +84,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define TG_USAGE_CUT 1                       /* feed()/finish(): tollgate ended the stream */
-#define TG_USAGE_EVENT_MAX (64u * 1024u)     /* data bytes of one SSE event */
-#define TG_USAGE_RAW_MAX (128u * 1024u)      /* bytes of one SSE event as sent (held in transform) */
-#define TG_USAGE_JSON_MAX 4096u              /* raw bytes of a JSON body's "usage" object */
-#define TG_USAGE_STR_MAX 256u                /* id and model kept for synthesized events */
+#define TG_USAGE_CUT 1                   /* feed()/finish(): tollgate ended the stream */
+#define TG_USAGE_EVENT_MAX (64u * 1024u) /* data bytes of one SSE event */
+#define TG_USAGE_RAW_MAX (128u * 1024u)  /* bytes of one SSE event as sent (held in transform) */
+#define TG_USAGE_JSON_MAX 4096u          /* raw bytes of a JSON body's "usage" object */
+#define TG_USAGE_STR_MAX 256u            /* id and model kept for synthesized events */
 
 /* Which OpenAI API answered: decides where content and usage are. */
 enum tg_usage_api {
