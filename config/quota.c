@@ -18,7 +18,7 @@
 
 #define COUNT_MAX UINT64_C(1000000000000)       /* 1e12 requests or tokens */
 #define CONC_MAX UINT64_C(1000000)              /* concurrent requests */
-#define MONEY_MAX 1e9                           /* dollars */
+#define MONEY_MAX 1e8                           /* dollars (1e14 micro-dollars: the backends' bound) */
 #define PRICE_MAX 1e5                           /* dollars per million tokens */
 #define MAX_TOKENS_MAX UINT64_C(100000000)      /* a max_tokens cap */
 

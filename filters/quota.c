@@ -30,6 +30,7 @@
 
 #include "config/config.h"
 #include "filters/filters.h"
+#include "filters/quota_common.h"
 #include "filters/quota_local.h"
 #include "filters/quota_script.h"
 #include "filters/usage.h"
@@ -641,6 +642,12 @@ static int request_limits(struct quota_ctx *ctx)
     return 0;
 }
 
+/* Amounts the backends accept (quota_common.h): beyond it, the budget is gone anyway. */
+static uint64_t clamp(uint64_t v)
+{
+    return v > TG_QUOTA_VALUE_MAX ? TG_QUOTA_VALUE_MAX : v;
+}
+
 /* Tokens reserved at admission: prompt estimate plus the output that may come. */
 static uint64_t output_reservation(const struct tg_req *req)
 {
@@ -679,8 +686,8 @@ static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_r
     ctx->adm.lim[TG_QS_PRINCIPAL] = p->lim[TG_QS_PRINCIPAL];
     if (ctx->adm.tenant)
         ctx->adm.lim[TG_QS_TENANT] = p->lim[TG_QS_TENANT];
-    ctx->adm.tokens = req->openai.inspected ? req->openai.prompt_estimate + out : 0;
-    ctx->adm.cost = tg_config_cost(ctx->price, req->openai.prompt_estimate, out);
+    ctx->adm.tokens = clamp(req->openai.inspected ? req->openai.prompt_estimate + out : 0);
+    ctx->adm.cost = clamp(tg_config_cost(ctx->price, req->openai.prompt_estimate, out));
     ctx->adm.lease = lease;
     ctx->adm.lease_ttl_ms = LEASE_TTL_MS;
     return admit(ctx);
@@ -935,9 +942,9 @@ static void on_complete(struct tg_filter *f, struct tg_req *req)
         .tenant = ctx->adm.tenant,
         .lease = ctx->adm.lease,
         .tokens_reserved = ctx->adm.tokens,
-        .tokens_actual = req->usage.prompt_tokens + req->usage.completion_tokens,
+        .tokens_actual = clamp(req->usage.prompt_tokens + req->usage.completion_tokens),
         .cost_reserved = ctx->adm.cost,
-        .cost_actual = req->usage.cost,
+        .cost_actual = clamp(req->usage.cost),
         .day = ctx->dec.day,
         .month = ctx->dec.month,
     };

@@ -401,7 +401,7 @@ int tg_quota_local_admit(struct tg_quota_local *q, uint64_t now_us,
                         ok = false;
                         wait = 60000;
                     } else {
-                        tn = t0 + units(n, L, true);
+                        tn = t0 + units(n, L, false);
                         if (tn - now_us > TG_QUOTA_WINDOW_US) {
                             ok = false;
                             wait = ceil_ms(tn - TG_QUOTA_WINDOW_US - now_us);
@@ -596,7 +596,7 @@ int tg_quota_local_settle(struct tg_quota_local *q, uint64_t now_us,
             struct step *st = &steps[nsteps];
             step_key(q, st, base[s], "tpm", K_TAT);
             if (dtok > 0) {
-                uint64_t t = tat_of(st->e, now_us) + units((uint64_t)dtok, L, true);
+                uint64_t t = tat_of(st->e, now_us) + units((uint64_t)dtok, L, false);
                 if (t - now_us > TG_QUOTA_AHEAD_MAX_US)
                     t = now_us + TG_QUOTA_AHEAD_MAX_US;
                 st->tat = t;

@@ -37,7 +37,8 @@ Bad argument counts or values answer an error reply "ERR tg admit: ...".
 The rules (the clock is Redis TIME, in microseconds):
 - rpm and tpm are GCRA buckets with a one-minute burst.  A reservation of n
   units (rpm: 1; tpm: the tokens, skipped when 0) costs
-  inc = ceil(n * 60e6 / L) us of "theoretical arrival time" (TAT).  With
+  inc = floor(n * 60e6 / L) us of "theoretical arrival time" (TAT); rounded
+  down so that a full burst of exactly L passes whatever L is.  With
   tat0 = max(stored TAT, now) it passes when tat0 + inc - now <= 60e6; the
   new TAT is stored with a TTL of the time to full replenishment + 1 s.
   Refused: retry after tat0 + inc - 60e6 - now; n > L can never pass and
@@ -88,11 +89,6 @@ local function units(a, L)
     acc = acc * STEPS[i] + t
   end
   return q * WINDOW + acc, r
-end
-local function units_ceil(a, L)
-  local u, r = units(a, L)
-  if r > 0 then u = u + 1 end
-  return u
 end
 
 -- Microseconds to milliseconds, rounded up.
@@ -210,7 +206,7 @@ for s = 1, nk do
           if n > L[i] then
             ok, wait = false, 60000
           else
-            new = tat0 + units_ceil(n, L[i])
+            new = tat0 + (units(n, L[i]))
             if new - now > WINDOW then ok, wait = false, ceil_ms(new - WINDOW - now) end
           end
           if ok then writes[#writes + 1] = {'tat', key, new} end

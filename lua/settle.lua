@@ -29,7 +29,7 @@ error reply "ERR tg settle: ...".
 
 For each scope and each limit that is not 0 (the clock is Redis TIME):
 - tpm: d = actual - reserved tokens.  d > 0: TAT = max(TAT, now) +
-  ceil(d * 60e6 / L), charged in full even past the one-minute burst (capped
+  floor(d * 60e6 / L) (as admit.lua rounds), charged in full even past the one-minute burst (capped
   at now + 2^50 us).  d < 0: TAT = max(TAT - floor(-d * 60e6 / L), now),
   only when the key exists (a refund never banks credit).
 - tpd: the admission day's counter += actual - reserved tokens; cpd (same
@@ -68,11 +68,6 @@ local function units(a, L)
     acc = acc * STEPS[i] + t
   end
   return q * WINDOW + acc, r
-end
-local function units_ceil(a, L)
-  local u, r = units(a, L)
-  if r > 0 then u = u + 1 end
-  return u
 end
 local function ceil_ms(us)
   return (fdiv(us + 999, 1000))
@@ -140,7 +135,7 @@ local function adjust_tat(key, d, L)
   if d > 0 then
     if tat == nil or not (tat >= now) then tat = now end
     if tat > now + AHEAD_MAX then tat = now + AHEAD_MAX end
-    tat = tat + units_ceil(d, L)
+    tat = tat + (units(d, L))
     if tat > now + AHEAD_MAX then tat = now + AHEAD_MAX end
   else
     if tat == nil then return end

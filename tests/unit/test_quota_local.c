@@ -236,17 +236,18 @@ static void test_rpm_burst_and_refill(void **state)
 
     /*
      * A limit that does not divide a minute: each request costs
-     * ceil(60e6 / 7) us, so 7 of them need 3 us more than a minute and the
-     * 7th of a burst waits 1 ms (the rule is exact, and slightly strict).
+     * floor(60e6 / 7) = 8571428 us, so a burst of exactly 7 passes (SPEC §6:
+     * burst = the per-minute limit) and the 8th waits one step.
      */
     a = req("bob", NULL, "l");
     a.lim[0].v[TG_QL_RPM] = 7;
-    for (int i = 0; i < 6; i++)
+    for (int i = 0; i < 7; i++)
         assert_true(admit(q, t, &a).allowed);
     d = admit(q, t, &a);
     assert_false(d.allowed);
-    assert_int_equal(d.retry_after_ms, 1);
-    assert_true(admit(q, t + 3, &a).allowed);
+    assert_int_equal(d.retry_after_ms, 8572); /* 7 * 8571428 + 8571428 - 60e6 us, rounded up */
+    assert_false(admit(q, t + 8571428 - 5, &a).allowed);
+    assert_true(admit(q, t + 8571428 - 4, &a).allowed);
     tg_quota_local_free(q);
 }
 
