@@ -19,7 +19,8 @@
  *
  * Threads: a client and its calls belong to the loop thread that created
  * them; nothing here is thread-safe.  Nothing blocks the loop: the address
- * must be numeric (resolve names off the loop first).
+ * must be numeric (resolve names off the loop first).  hiredis writes with
+ * write(2), so the process must ignore SIGPIPE (server.c does).
  *
  * Error codes are in tollgate's range (proxy/err.h): -20200..-20299 are this
  * module's; TG_E_NOMEM and TG_E_INVALID come from err.h.
@@ -35,18 +36,18 @@
 
 #include "proxy/err.h"
 
-struct redisReply; /* hiredis/hiredis.h; callers inspect it there */
+struct redisReply;    /* hiredis/hiredis.h; callers inspect it there */
 struct tg_redis;      /* one connection (and its reconnect logic) on one loop */
 struct tg_redis_call; /* one pending tg_redis_eval() */
 
 /* Statuses given to tg_redis_cb and returned by tg_redis_eval(). */
 enum tg_redis_status {
-    TG_REDIS_OK = 0,            /* a non-error reply */
-    TG_REDIS_E_DOWN = -20201,   /* not connected, or the connection was lost */
+    TG_REDIS_OK = 0,             /* a non-error reply */
+    TG_REDIS_E_DOWN = -20201,    /* not connected, or the connection was lost */
     TG_REDIS_E_TIMEOUT = -20202, /* no reply within timeout_ms; the connection was dropped */
-    TG_REDIS_E_REPLY = -20203,  /* Redis answered with an error reply (OOM, BUSY, READONLY...) */
-    TG_REDIS_E_BUSY = -20204,   /* max_inflight commands already pending */
-    TG_REDIS_E_CLOSED = -20205, /* tg_redis_free() ran with the command pending */
+    TG_REDIS_E_REPLY = -20203,   /* Redis answered with an error reply (OOM, BUSY, READONLY...) */
+    TG_REDIS_E_BUSY = -20204,    /* max_inflight commands already pending */
+    TG_REDIS_E_CLOSED = -20205,  /* tg_redis_free() ran with the command pending */
 };
 
 /*
