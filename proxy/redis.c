@@ -88,7 +88,7 @@ struct tg_redis {
     unsigned hs_next;            /* index in hs_what of the next handshake reply */
     const char *hs_what[3];      /* names of the handshake commands sent, in order */
     bool hs_failed;              /* a handshake command could not be queued */
-    uint64_t backoff_ms;         /* last backoff step, 0 after a successful connect */
+    uint64_t backoff_ms;         /* last backoff step; 0 once a command got a reply */
     uint64_t attempts;           /* connect attempts started */
     uint64_t rng;                /* xorshift state for jitter */
     char host[64];               /* numeric address for hiredis */
@@ -280,7 +280,6 @@ static void lost(struct tg_redis *r, struct tg_redis_call *timed_out, int status
 static void became_up(struct tg_redis *r)
 {
     r->state = ST_UP;
-    r->backoff_ms = 0;
     uv_timer_stop(&r->state_timer);
     tg_log_info(MOD, "connected to %s:%d", r->host, r->port);
     if (r->on_state)
@@ -474,6 +473,8 @@ static void on_reply(redisAsyncContext *ac, void *rep, void *privdata)
     bool failover = err && (is_code(reply, "READONLY") || is_code(reply, "LOADING"));
     if (err)
         r->st.errors++;
+    if (!failover)
+        r->backoff_ms = 0; /* the connection really works: next failure starts at 100 ms */
     finish(c, err ? TG_REDIS_E_REPLY : TG_REDIS_OK, reply);
     tg_mem_free(c);
     if (failover && r->state == ST_UP && r->ac == ac) {

@@ -11,8 +11,11 @@
  * timer.  Any failure - refused or timed-out connect, AUTH/SELECT error, a
  * command timeout, a lost socket, a READONLY or LOADING reply (failover) -
  * drops the connection, fails every command in flight, and reconnects from a
- * timer with exponential backoff and jitter (100 ms doubling to 5 s; reset
- * once a connection is up).
+ * timer with exponential backoff and jitter (100 ms doubling to 5 s).  The
+ * backoff is reset only when a command gets a reply, not when a connect
+ * succeeds, so a Redis that accepts connections but then times out (or
+ * keeps answering READONLY) is probed less and less often: together with
+ * failing fast while down, this is the circuit breaker of THREATS §4.3.7.
  *
  * While the client is not up, tg_redis_eval() fails fast: it returns
  * TG_REDIS_E_DOWN and never calls back.  There is no queueing while down.
