@@ -61,6 +61,7 @@ struct env {
     uv_timer_t tick;             /* keeps uv_run(ONCE) returning */
     struct tg_redis *r;          /* client under test */
     pid_t pid;                   /* redis-server, 0 when not running */
+    pid_t pid2;                  /* a second redis-server (test_readonly) */
     int port;                    /* its port */
     int ups, downs;              /* on_state counts */
     int seq;                     /* completion counter */
@@ -155,13 +156,20 @@ static pid_t redis_start(int port, const char *bind, const char *const *extra)
     return -1;
 }
 
+static void kill_pid(pid_t *pid)
+{
+    if (*pid > 0) {
+        kill(*pid, SIGKILL);
+        waitpid(*pid, NULL, 0);
+        *pid = 0;
+    }
+}
+
+/* Both servers, so a failed assertion leaves no redis-server behind. */
 static void redis_kill(struct env *e)
 {
-    if (e->pid > 0) {
-        kill(e->pid, SIGKILL);
-        waitpid(e->pid, NULL, 0);
-        e->pid = 0;
-    }
+    kill_pid(&e->pid);
+    kill_pid(&e->pid2);
 }
 
 /* ---- loop ---- */
@@ -511,7 +519,7 @@ static void test_killed(void **state)
     run_for(e, 50); /* written, unanswered */
     for (int i = 0; i < 5; i++)
         assert_int_equal(x[i].calls, 0);
-    redis_kill(e);
+    kill_pid(&e->pid);
     assert_true(run_until(e, calls_at_least, &x[4], RUN_MS));
     for (int i = 0; i < 5; i++) {
         assert_int_equal(x[i].calls, 1);
@@ -811,7 +819,7 @@ static void test_readonly(void **state)
 {
     struct env *e = *state;
     int mport = free_port();
-    pid_t master = redis_start(mport, "127.0.0.1", NULL);
+    e->pid2 = redis_start(mport, "127.0.0.1", NULL);
     redisContext *adm = admin_connect(e->port, NULL);
     assert_non_null(adm);
     struct tg_redis_opts o;
@@ -829,8 +837,6 @@ static void test_readonly(void **state)
     assert_int_equal(e->ups, 2);
     admin_cmd(adm, "REPLICAOF NO ONE");
     redisFree(adm);
-    kill(master, SIGKILL);
-    waitpid(master, NULL, 0);
 }
 
 static bool connect_failed(void *arg)
