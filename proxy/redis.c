@@ -76,49 +76,49 @@ struct script {
 };
 
 struct tg_redis {
-    uv_loop_t *loop;               /* owner loop */
-    uv_timer_t state_timer;        /* connect timeout, or backoff before the next connect */
-    uv_timer_t call_timer;         /* deadline of the oldest call (armed lazily) */
-    unsigned pending_closes;       /* timers still closing after free */
-    enum state state;              /* see enum state */
-    redisAsyncContext *ac;         /* current connection, NULL when down */
-    struct tg_redis_call *head;    /* calls on ac, oldest first */
-    struct tg_redis_call *tail;    /* newest call */
-    unsigned hs_pending;           /* AUTH/SELECT/PING replies still expected */
-    unsigned hs_next;              /* index in hs_what of the next handshake reply */
-    const char *hs_what[3];        /* names of the handshake commands sent, in order */
-    bool hs_failed;                /* a handshake command could not be queued */
-    uint64_t backoff_ms;           /* last backoff step, 0 after a successful connect */
-    uint64_t attempts;             /* connect attempts started */
-    uint64_t rng;                  /* xorshift state for jitter */
-    char host[64];                 /* numeric address for hiredis */
-    int port;                      /* TCP port */
-    char *password;                /* AUTH password or NULL (wiped at free) */
-    int database;                  /* SELECT argument, 0 = none */
-    char dbtext[16];               /* database in decimal */
-    uint64_t timeout_ms;           /* per command */
-    uint64_t connect_timeout_ms;   /* per connect + handshake */
-    unsigned max_inflight;         /* cap on calls held by ac */
-    tg_redis_state_cb *on_state;   /* optional hook */
-    void *state_arg;               /* its argument */
-    struct script *scripts;        /* nscripts entries */
-    size_t nscripts;               /* count */
-    struct tg_redis_stats st;      /* counters (st.up unused; see tg_redis_stats) */
+    uv_loop_t *loop;             /* owner loop */
+    uv_timer_t state_timer;      /* connect timeout, or backoff before the next connect */
+    uv_timer_t call_timer;       /* deadline of the oldest call (armed lazily) */
+    unsigned pending_closes;     /* timers still closing after free */
+    enum state state;            /* see enum state */
+    redisAsyncContext *ac;       /* current connection, NULL when down */
+    struct tg_redis_call *head;  /* calls on ac, oldest first */
+    struct tg_redis_call *tail;  /* newest call */
+    unsigned hs_pending;         /* AUTH/SELECT/PING replies still expected */
+    unsigned hs_next;            /* index in hs_what of the next handshake reply */
+    const char *hs_what[3];      /* names of the handshake commands sent, in order */
+    bool hs_failed;              /* a handshake command could not be queued */
+    uint64_t backoff_ms;         /* last backoff step; 0 once a command got a reply */
+    uint64_t attempts;           /* connect attempts started */
+    uint64_t rng;                /* xorshift state for jitter */
+    char host[64];               /* numeric address for hiredis */
+    int port;                    /* TCP port */
+    char *password;              /* AUTH password or NULL (wiped at free) */
+    int database;                /* SELECT argument, 0 = none */
+    char dbtext[16];             /* database in decimal */
+    uint64_t timeout_ms;         /* per command */
+    uint64_t connect_timeout_ms; /* per connect + handshake */
+    unsigned max_inflight;       /* cap on calls held by ac */
+    tg_redis_state_cb *on_state; /* optional hook */
+    void *state_arg;             /* its argument */
+    struct script *scripts;      /* nscripts entries */
+    size_t nscripts;             /* count */
+    struct tg_redis_stats st;    /* counters (st.up unused; see tg_redis_stats) */
 };
 
 struct tg_redis_call {
-    struct tg_redis_call *prev;  /* list links while linked */
-    struct tg_redis_call *next;  /* list links while linked */
-    struct tg_redis *r;          /* owner client */
-    tg_redis_cb *cb;             /* NULL once completed or cancelled */
-    void *arg;                   /* cb argument */
-    uint64_t deadline;           /* loop time (ms) by which the reply must come */
-    unsigned script;             /* index in r->scripts */
-    bool linked;                 /* on r's list: the current connection holds it */
-    bool resent;                 /* already re-sent as EVAL after NOSCRIPT */
-    int argc;                    /* argv entries including the two command slots */
-    const char **argv;           /* [0] EVALSHA/EVAL, [1] sha/body, then the caller's */
-    size_t *argvlen;             /* lengths of argv */
+    struct tg_redis_call *prev; /* list links while linked */
+    struct tg_redis_call *next; /* list links while linked */
+    struct tg_redis *r;         /* owner client */
+    tg_redis_cb *cb;            /* NULL once completed or cancelled */
+    void *arg;                  /* cb argument */
+    uint64_t deadline;          /* loop time (ms) by which the reply must come */
+    unsigned script;            /* index in r->scripts */
+    bool linked;                /* on r's list: the current connection holds it */
+    bool resent;                /* already re-sent as EVAL after NOSCRIPT */
+    int argc;                   /* argv entries including the two command slots */
+    const char **argv;          /* [0] EVALSHA/EVAL, [1] sha/body, then the caller's */
+    size_t *argvlen;            /* lengths of argv */
 };
 
 static void on_state_timer(uv_timer_t *t);
@@ -280,7 +280,6 @@ static void lost(struct tg_redis *r, struct tg_redis_call *timed_out, int status
 static void became_up(struct tg_redis *r)
 {
     r->state = ST_UP;
-    r->backoff_ms = 0;
     uv_timer_stop(&r->state_timer);
     tg_log_info(MOD, "connected to %s:%d", r->host, r->port);
     if (r->on_state)
@@ -411,20 +410,17 @@ static void on_state_timer(uv_timer_t *t)
 {
     struct tg_redis *r = tg_container_of(t, struct tg_redis, state_timer);
     switch (r->state) {
-    case ST_DOWN:
-        start_connect(r);
-        break;
+    case ST_DOWN: start_connect(r); break;
     case ST_CONNECTING:
         r->st.connect_failures++;
         if (!r->hs_failed) {
-            tg_log_warn(MOD, "connect to %s:%d timed out after %" PRIu64 " ms", r->host,
-                        r->port, r->connect_timeout_ms);
+            tg_log_warn(MOD, "connect to %s:%d timed out after %" PRIu64 " ms", r->host, r->port,
+                        r->connect_timeout_ms);
         }
         lost(r, NULL, TG_REDIS_E_DOWN, true);
         break;
     case ST_UP:
-    case ST_CLOSED:
-        break;
+    case ST_CLOSED: break;
     }
 }
 
@@ -477,11 +473,13 @@ static void on_reply(redisAsyncContext *ac, void *rep, void *privdata)
     bool failover = err && (is_code(reply, "READONLY") || is_code(reply, "LOADING"));
     if (err)
         r->st.errors++;
+    if (!failover)
+        r->backoff_ms = 0; /* the connection really works: next failure starts at 100 ms */
     finish(c, err ? TG_REDIS_E_REPLY : TG_REDIS_OK, reply);
     tg_mem_free(c);
     if (failover && r->state == ST_UP && r->ac == ac) {
-        tg_log_warn(MOD, "%s:%d answered %.*s: reconnecting", r->host, r->port,
-                    code_len(reply), reply->str);
+        tg_log_warn(MOD, "%s:%d answered %.*s: reconnecting", r->host, r->port, code_len(reply),
+                    reply->str);
         lost(r, NULL, TG_REDIS_E_DOWN, true); /* hiredis frees once we return */
     }
 }

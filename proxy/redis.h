@@ -11,15 +11,19 @@
  * timer.  Any failure - refused or timed-out connect, AUTH/SELECT error, a
  * command timeout, a lost socket, a READONLY or LOADING reply (failover) -
  * drops the connection, fails every command in flight, and reconnects from a
- * timer with exponential backoff and jitter (100 ms doubling to 5 s; reset
- * once a connection is up).
+ * timer with exponential backoff and jitter (100 ms doubling to 5 s).  The
+ * backoff is reset only when a command gets a reply, not when a connect
+ * succeeds, so a Redis that accepts connections but then times out (or
+ * keeps answering READONLY) is probed less and less often: together with
+ * failing fast while down, this is the circuit breaker of THREATS §4.3.7.
  *
  * While the client is not up, tg_redis_eval() fails fast: it returns
  * TG_REDIS_E_DOWN and never calls back.  There is no queueing while down.
  *
  * Threads: a client and its calls belong to the loop thread that created
  * them; nothing here is thread-safe.  Nothing blocks the loop: the address
- * must be numeric (resolve names off the loop first).
+ * must be numeric (resolve names off the loop first).  hiredis writes with
+ * write(2), so the process must ignore SIGPIPE (server.c does).
  *
  * Error codes are in tollgate's range (proxy/err.h): -20200..-20299 are this
  * module's; TG_E_NOMEM and TG_E_INVALID come from err.h.
@@ -35,18 +39,18 @@
 
 #include "proxy/err.h"
 
-struct redisReply; /* hiredis/hiredis.h; callers inspect it there */
+struct redisReply;    /* hiredis/hiredis.h; callers inspect it there */
 struct tg_redis;      /* one connection (and its reconnect logic) on one loop */
 struct tg_redis_call; /* one pending tg_redis_eval() */
 
 /* Statuses given to tg_redis_cb and returned by tg_redis_eval(). */
 enum tg_redis_status {
-    TG_REDIS_OK = 0,            /* a non-error reply */
-    TG_REDIS_E_DOWN = -20201,   /* not connected, or the connection was lost */
+    TG_REDIS_OK = 0,             /* a non-error reply */
+    TG_REDIS_E_DOWN = -20201,    /* not connected, or the connection was lost */
     TG_REDIS_E_TIMEOUT = -20202, /* no reply within timeout_ms; the connection was dropped */
-    TG_REDIS_E_REPLY = -20203,  /* Redis answered with an error reply (OOM, BUSY, READONLY...) */
-    TG_REDIS_E_BUSY = -20204,   /* max_inflight commands already pending */
-    TG_REDIS_E_CLOSED = -20205, /* tg_redis_free() ran with the command pending */
+    TG_REDIS_E_REPLY = -20203,   /* Redis answered with an error reply (OOM, BUSY, READONLY...) */
+    TG_REDIS_E_BUSY = -20204,    /* max_inflight commands already pending */
+    TG_REDIS_E_CLOSED = -20205,  /* tg_redis_free() ran with the command pending */
 };
 
 /*

@@ -58,12 +58,13 @@ struct res {
 
 struct env {
     uv_loop_t loop;
-    uv_timer_t tick;     /* keeps uv_run(ONCE) returning */
-    struct tg_redis *r;  /* client under test */
-    pid_t pid;           /* redis-server, 0 when not running */
-    int port;            /* its port */
-    int ups, downs;      /* on_state counts */
-    int seq;             /* completion counter */
+    uv_timer_t tick;             /* keeps uv_run(ONCE) returning */
+    struct tg_redis *r;          /* client under test */
+    pid_t pid;                   /* redis-server, 0 when not running */
+    pid_t pid2;                  /* a second redis-server (test_readonly) */
+    int port;                    /* its port */
+    int ups, downs;              /* on_state counts */
+    int seq;                     /* completion counter */
     struct tg_redis *free_in_cb; /* free this client from the next callback */
 };
 
@@ -109,8 +110,9 @@ static pid_t redis_start(int port, const char *bind, const char *const *extra)
         fail_msg("redis-server is not installed (apt-get install redis-server)");
     char ps[16];
     snprintf(ps, sizeof(ps), "%d", port);
-    const char *argv[32] = {"redis-server", "--port", ps, "--bind", bind, "--save", "",
-                            "--appendonly", "no", "--protected-mode", "no"};
+    const char *argv[32] = {"redis-server", "--port",           ps,  "--bind",
+                            bind,           "--save",           "",  "--appendonly",
+                            "no",           "--protected-mode", "no"};
     int n = 11;
     for (int i = 0; extra && extra[i] && n < 30; i++)
         argv[n++] = extra[i];
@@ -154,13 +156,20 @@ static pid_t redis_start(int port, const char *bind, const char *const *extra)
     return -1;
 }
 
+static void kill_pid(pid_t *pid)
+{
+    if (*pid > 0) {
+        kill(*pid, SIGKILL);
+        waitpid(*pid, NULL, 0);
+        *pid = 0;
+    }
+}
+
+/* Both servers, so a failed assertion leaves no redis-server behind. */
 static void redis_kill(struct env *e)
 {
-    if (e->pid > 0) {
-        kill(e->pid, SIGKILL);
-        waitpid(e->pid, NULL, 0);
-        e->pid = 0;
-    }
+    kill_pid(&e->pid);
+    kill_pid(&e->pid2);
 }
 
 /* ---- loop ---- */
@@ -333,7 +342,11 @@ static int teardown(void **state)
     tg_redis_free(e->r);
     e->r = NULL;
     uv_close((uv_handle_t *)&e->tick, NULL);
-    uv_run(&e->loop, UV_RUN_DEFAULT); /* only closing handles remain: returns */
+    /* Only closing handles should remain; bounded, so a leaked active handle
+     * fails the case instead of hanging it. */
+    uint64_t end = now_ms() + 2000;
+    while (uv_run(&e->loop, UV_RUN_NOWAIT) != 0 && now_ms() < end)
+        usleep(1000);
     int rv = uv_loop_close(&e->loop);
     redis_kill(e);
     cur = NULL;
@@ -506,7 +519,7 @@ static void test_killed(void **state)
     run_for(e, 50); /* written, unanswered */
     for (int i = 0; i < 5; i++)
         assert_int_equal(x[i].calls, 0);
-    redis_kill(e);
+    kill_pid(&e->pid);
     assert_true(run_until(e, calls_at_least, &x[4], RUN_MS));
     for (int i = 0; i < 5; i++) {
         assert_int_equal(x[i].calls, 1);
@@ -806,7 +819,7 @@ static void test_readonly(void **state)
 {
     struct env *e = *state;
     int mport = free_port();
-    pid_t master = redis_start(mport, "127.0.0.1", NULL);
+    e->pid2 = redis_start(mport, "127.0.0.1", NULL);
     redisContext *adm = admin_connect(e->port, NULL);
     assert_non_null(adm);
     struct tg_redis_opts o;
@@ -824,8 +837,60 @@ static void test_readonly(void **state)
     assert_int_equal(e->ups, 2);
     admin_cmd(adm, "REPLICAOF NO ONE");
     redisFree(adm);
-    kill(master, SIGKILL);
-    waitpid(master, NULL, 0);
+}
+
+static bool connect_failed(void *arg)
+{
+    struct tg_redis_stats st;
+    tg_redis_stats(arg, &st);
+    return st.connect_failures >= 1;
+}
+
+/* failmalloc (STYLE §12): every allocation of ours fails cleanly, without a leak. */
+static void test_failmalloc(void **state)
+{
+    struct env *e = *state;
+    struct tg_redis_opts o;
+    opts_init(&o, "127.0.0.1", e->port);
+    o.password = "pw-not-needed";
+    for (unsigned long n = 1;; n++) {
+        tg_test_failmalloc_arm(n);
+        struct tg_redis *r = NULL;
+        int rv = tg_redis_new(&e->loop, &o, scripts, S_COUNT, &r);
+        bool injected = tg_test_failmalloc_failed();
+        tg_test_failmalloc_disarm();
+        if (rv == 0)
+            tg_redis_free(r);
+        else
+            assert_int_equal(rv, TG_E_NOMEM);
+        if (!injected) {
+            assert_int_equal(rv, 0);
+            break;
+        }
+        assert_true(n < 20);
+    }
+    run_for(e, 10); /* let the freed clients' handles close */
+
+    /* The adapter's allocation fails: that connect fails, a later one works. */
+    o.password = NULL;
+    client_new(e, &o);
+    tg_test_failmalloc_arm(1);
+    bool failed = run_until(e, connect_failed, e->r, RUN_MS);
+    tg_test_failmalloc_disarm();
+    assert_true(failed);
+    assert_true(run_until(e, is_up, e->r, RUN_MS));
+
+    /* eval's allocation fails: TG_E_NOMEM, no callback, nothing pending. */
+    struct res x = {0};
+    tg_test_failmalloc_arm(1);
+    int rv = eval_array(e, 1, &x, NULL);
+    tg_test_failmalloc_disarm();
+    assert_int_equal(rv, TG_E_NOMEM);
+    run_for(e, 50);
+    assert_int_equal(x.calls, 0);
+    struct tg_redis_stats st;
+    tg_redis_stats(e->r, &st);
+    assert_int_equal(st.inflight, 0);
 }
 
 /* IPv6 loopback, when this machine has it. */
@@ -867,6 +932,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_busy, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_errors, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_readonly, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_failmalloc, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_ipv6, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
