@@ -11,6 +11,6 @@ sh .ci/build.sh
 DEMO=$!
 trap 'kill $DEMO 2>/dev/null || true' EXIT INT TERM
 echo "demo model server on 127.0.0.1:8000; tollgate on http://127.0.0.1:8080 and https://127.0.0.1:8443"
-echo "try: curl -s http://127.0.0.1:8080/v1/chat/completions -H 'content-type: application/json' \\"
+echo "try: curl -si http://127.0.0.1:8080/v1/chat/completions -H 'authorization: Bearer tg_demo_quickstart_key_not_a_secret' \\"
 echo "       -d '{\"model\":\"demo-model\",\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}]}'"
 ./build/tollgate -c config/tollgate.example.json

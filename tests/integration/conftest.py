@@ -254,6 +254,7 @@ class RedisServer:
                     return
             except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.02)
+        self.kill()
         raise RuntimeError("redis-server did not start")
 
     def client(self, **kw):

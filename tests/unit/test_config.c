@@ -308,6 +308,15 @@ static void test_example_config(void **state)
     assert_true(c->admin.enabled);
     assert_int_equal(c->nroutes, 2);
     assert_string_equal(c->routes[0].path_prefix, "/v1/");
+    assert_int_equal(c->routes[0].api, TG_API_OPENAI);
+    /* The quick start shows authentication and quotas on the local backend. */
+    assert_true(c->auth.enabled);
+    const struct tg_cfg_policy *p = tg_config_find_policy(c, "demo");
+    assert_non_null(p);
+    assert_true(p->has_limits);
+    assert_int_equal(p->lim[TG_QS_PRINCIPAL].v[TG_QL_RPM], 60);
+    assert_int_equal(c->quota.backend, TG_QUOTA_LOCAL);
+    assert_non_null(tg_config_find_price(c, "demo-model"));
     tg_config_unref(c);
 }
 
