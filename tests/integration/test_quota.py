@@ -590,3 +590,40 @@ def test_quota_metrics(start_tollgate, fresh_demo, keys):
     assert metric(text, "tollgate_quota_backend_errors_total") == 0
     st, body = readyz(t)
     assert st == 200 and body["quota_backend"] == "local"
+
+
+def test_redis_oom_is_a_backend_failure(start_tollgate, fresh_demo, keys, redis_server, tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    t = start_tollgate(quota_config(fresh_demo, keys, {"requests_per_minute": 1000},
+                                    quota=redis_quota(redis_server, on_backend_error="allow"),
+                                    audit=audit), env=ENV)
+    assert get(t, keys.a).status_code == 200
+    cl = redis_server.client()
+    cl.config_set("maxmemory", "1")
+    try:
+        # Write scripts fail with -OOM: admitted per on_backend_error "allow", audited as degraded.
+        assert get(t, keys.a).status_code == 200
+        assert "OOM" in t.stderr()
+    finally:
+        cl.config_set("maxmemory", "0")
+    assert wait_for(lambda: get(t, keys.a).status_code == 200, 5)
+    t.stop()
+    recs = [r for r in audit_requests(audit) if r["path"] == "/echo/x"]
+    assert [bool(r.get("degraded")) for r in recs[:2]] == [False, True]
+
+
+def test_reload_switches_backend_and_limits(start_tollgate, fresh_demo, keys, redis_server):
+    cfg = quota_config(fresh_demo, keys, {"requests_per_minute": 2})
+    t = start_tollgate(cfg)
+    assert [get(t, keys.a).status_code for _ in range(3)] == [200, 200, 429]
+    # Same policy, now on Redis: Redis has its own (empty) counters.
+    cfg["quota"] = redis_quota(redis_server)
+    t.path.write_text(json.dumps(cfg))
+    t.signal(signal.SIGHUP)
+    assert wait_for(lambda: get(t, keys.a).status_code == 200, 5)
+    assert redis_server.client().exists("tg:{team-a}:rpm") == 1
+    # A higher limit applies at once to new requests.
+    cfg["policies"]["std"]["requests_per_minute"] = 100
+    t.path.write_text(json.dumps(cfg))
+    t.signal(signal.SIGHUP)
+    assert wait_for(lambda: get(t, keys.a).headers.get("x-ratelimit-limit-requests") == "100", 5)
