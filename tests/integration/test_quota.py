@@ -627,3 +627,26 @@ def test_reload_switches_backend_and_limits(start_tollgate, fresh_demo, keys, re
     t.path.write_text(json.dumps(cfg))
     t.signal(signal.SIGHUP)
     assert wait_for(lambda: get(t, keys.a).headers.get("x-ratelimit-limit-requests") == "100", 5)
+
+
+def test_client_gone_before_the_answer_pays_the_prompt(start_tollgate, fresh_demo, keys,
+                                                       tmp_path):
+    audit = tmp_path / "audit.jsonl"
+    t = start_tollgate(quota_config(fresh_demo, keys, {"requests_per_minute": 100},
+                                    audit=audit), env=ENV)
+    body = json.dumps({"model": MODEL, "messages": [], "max_tokens": 50}).encode()
+    with pytest.raises(httpx.TimeoutException):
+        with httpx.Client(timeout=0.3) as c:
+            c.post(t.url("/v1/chat/completions"), content=body,
+                   headers={"authorization": f"Bearer {keys.a}",
+                            "x-demo-mode": "delay-first-byte=1500"})
+    # An error status from the upstream costs nothing, by contrast.
+    r = chat(t, keys.a, headers={"x-demo-mode": "status=500"})
+    assert r.status_code == 500
+    time.sleep(0.2 * SLOW)
+    t.stop()
+    recs = [x for x in audit_requests(audit) if x["path"] == "/v1/chat/completions"]
+    assert recs[0]["reason"] == "client.aborted"
+    assert recs[0]["usage"] == {"prompt_tokens": (len(body) + 3) // 4, "completion_tokens": 0,
+                                "source": "observed"}
+    assert recs[1]["usage"]["source"] == "none" and recs[1]["cost"] is None
