@@ -281,3 +281,29 @@ def redis_server(tmp_path):
     r = RedisServer(tmp_path)
     yield r
     r.stop()
+
+
+class SharedRedis:
+    """The suite's redis-server started by .ci/test.sh (TG_TEST_REDIS_PORT),
+    emptied before each test.  Tests that kill or pause Redis use their own."""
+
+    def __init__(self, port):
+        self.port = port
+
+    def client(self, **kw):
+        import redis
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5, **kw)
+
+
+@pytest.fixture
+def shared_redis(tmp_path):
+    port = os.environ.get("TG_TEST_REDIS_PORT")
+    if port:
+        r = SharedRedis(int(port))
+        r.client().flushall()
+        r.client().script_flush()
+        yield r
+        return
+    own = RedisServer(tmp_path)
+    yield own
+    own.stop()

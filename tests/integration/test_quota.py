@@ -395,26 +395,26 @@ def test_client_gone_midstream_is_charged_what_it_saw(start_tollgate, fresh_demo
 # ---------------------------------------------------------------------------------------------
 # Redis backend
 
-def test_redis_settles_the_real_usage_exactly(start_tollgate, fresh_demo, keys, redis_server):
+def test_redis_settles_the_real_usage_exactly(start_tollgate, fresh_demo, keys, shared_redis):
     t = start_tollgate(quota_config(fresh_demo, keys,
                                     {"tokens_per_day": 10 ** 9, "tokens_per_minute": 10 ** 8},
-                                    quota=redis_quota(redis_server)))
+                                    quota=redis_quota(shared_redis)))
     total = 0
     for i, stream in enumerate([False, True, False, True]):
         r = chat(t, keys.a, max_tokens=3 + i, stream=stream,
                  stream_options={"include_usage": True} if stream else None)
         assert r.status_code == 200, r.text
         total += usage_of(r)
-    assert wait_for(lambda: tpd(redis_server) == total, 5), (tpd(redis_server), total)
+    assert wait_for(lambda: tpd(shared_redis) == total, 5), (tpd(shared_redis), total)
     # The settlement markers exist (idempotency) and no lease is left.
-    cl = redis_server.client()
+    cl = shared_redis.client()
     assert len(cl.keys("tg:{team-a}:settled:*")) == 4
     assert cl.zcard("tg:{team-a}:conc") == 0
 
 
-def test_redis_rate_limit_and_headers(start_tollgate, fresh_demo, keys, redis_server):
+def test_redis_rate_limit_and_headers(start_tollgate, fresh_demo, keys, shared_redis):
     t = start_tollgate(quota_config(fresh_demo, keys, {"requests_per_minute": 2},
-                                    quota=redis_quota(redis_server)))
+                                    quota=redis_quota(shared_redis)))
     assert [get(t, keys.a).status_code for _ in range(2)] == [200, 200]
     r = get(t, keys.a)
     assert_error(r, 429, "rate_limit_exceeded", "rate_limit_error")
@@ -422,10 +422,10 @@ def test_redis_rate_limit_and_headers(start_tollgate, fresh_demo, keys, redis_se
     assert 25 <= int(r.headers["retry-after"]) <= 30
 
 
-def test_two_instances_share_one_budget(start_tollgate, fresh_demo, keys, redis_server, tmp_path):
+def test_two_instances_share_one_budget(start_tollgate, fresh_demo, keys, shared_redis, tmp_path):
     policy = {"requests_per_minute": 10, "tokens_per_day": 10 ** 9}
-    t1 = start_tollgate(quota_config(fresh_demo, keys, policy, quota=redis_quota(redis_server)))
-    t2 = start_tollgate(quota_config(fresh_demo, keys, policy, quota=redis_quota(redis_server)))
+    t1 = start_tollgate(quota_config(fresh_demo, keys, policy, quota=redis_quota(shared_redis)))
+    t2 = start_tollgate(quota_config(fresh_demo, keys, policy, quota=redis_quota(shared_redis)))
     # Warm both connections so the hammer is not a connect race.
     assert wait_for(lambda: True, 0.3)
     with concurrent.futures.ThreadPoolExecutor(16) as ex:
@@ -435,7 +435,7 @@ def test_two_instances_share_one_budget(start_tollgate, fresh_demo, keys, redis_
     assert len(ok) == 10, sorted(r.status_code for r in res)
     assert all(r.status_code == 429 for r in res if r.status_code != 200)
     used = sum(usage_of(r) for r in ok)
-    assert wait_for(lambda: tpd(redis_server) == used, 5), (tpd(redis_server), used)
+    assert wait_for(lambda: tpd(shared_redis) == used, 5), (tpd(shared_redis), used)
 
 
 def test_redis_key_prefix_database_and_password(start_tollgate, fresh_demo, keys, tmp_path):
@@ -551,17 +551,17 @@ def test_redis_paused_past_timeout(start_tollgate, fresh_demo, keys, redis_serve
     assert wait_for(lambda: get(t, keys.a).status_code == 200, 10)
 
 
-def test_scripts_flushed_no_double_charge(start_tollgate, fresh_demo, keys, redis_server):
+def test_scripts_flushed_no_double_charge(start_tollgate, fresh_demo, keys, shared_redis):
     t = start_tollgate(quota_config(fresh_demo, keys, {"tokens_per_day": 10 ** 9},
-                                    quota=redis_quota(redis_server)))
+                                    quota=redis_quota(shared_redis)))
     total = 0
     for i in range(6):
         if i in (2, 4):
-            redis_server.client().script_flush()
+            shared_redis.client().script_flush()
         r = chat(t, keys.a, max_tokens=2)
         assert r.status_code == 200, r.text
         total += usage_of(r)
-    assert wait_for(lambda: tpd(redis_server) == total, 5), (tpd(redis_server), total)
+    assert wait_for(lambda: tpd(shared_redis) == total, 5), (tpd(shared_redis), total)
 
 
 def test_redis_restarted_empty_after_flush(start_tollgate, fresh_demo, keys, redis_server):
@@ -592,13 +592,13 @@ def test_quota_metrics(start_tollgate, fresh_demo, keys):
     assert st == 200 and body["quota_backend"] == "local"
 
 
-def test_redis_oom_is_a_backend_failure(start_tollgate, fresh_demo, keys, redis_server, tmp_path):
+def test_redis_oom_is_a_backend_failure(start_tollgate, fresh_demo, keys, shared_redis, tmp_path):
     audit = tmp_path / "audit.jsonl"
     t = start_tollgate(quota_config(fresh_demo, keys, {"requests_per_minute": 1000},
-                                    quota=redis_quota(redis_server, on_backend_error="allow"),
+                                    quota=redis_quota(shared_redis, on_backend_error="allow"),
                                     audit=audit), env=ENV)
     assert get(t, keys.a).status_code == 200
-    cl = redis_server.client()
+    cl = shared_redis.client()
     cl.config_set("maxmemory", "1")
     try:
         # Write scripts fail with -OOM: admitted per on_backend_error "allow", audited as degraded.
@@ -612,16 +612,16 @@ def test_redis_oom_is_a_backend_failure(start_tollgate, fresh_demo, keys, redis_
     assert [bool(r.get("degraded")) for r in recs[:2]] == [False, True]
 
 
-def test_reload_switches_backend_and_limits(start_tollgate, fresh_demo, keys, redis_server):
+def test_reload_switches_backend_and_limits(start_tollgate, fresh_demo, keys, shared_redis):
     cfg = quota_config(fresh_demo, keys, {"requests_per_minute": 2})
     t = start_tollgate(cfg)
     assert [get(t, keys.a).status_code for _ in range(3)] == [200, 200, 429]
     # Same policy, now on Redis: Redis has its own (empty) counters.
-    cfg["quota"] = redis_quota(redis_server)
+    cfg["quota"] = redis_quota(shared_redis)
     t.path.write_text(json.dumps(cfg))
     t.signal(signal.SIGHUP)
     assert wait_for(lambda: get(t, keys.a).status_code == 200, 5)
-    assert redis_server.client().exists("tg:{team-a}:rpm") == 1
+    assert shared_redis.client().exists("tg:{team-a}:rpm") == 1
     # A higher limit applies at once to new requests.
     cfg["policies"]["std"]["requests_per_minute"] = 100
     t.path.write_text(json.dumps(cfg))
