@@ -6,7 +6,9 @@
 # EXIT/INT/TERM traps (cleanup of PIDS[] and RUN_DIR).
 #
 # Optional, set after sourcing: H2LOAD_EXTRA=(...) - extra h2load arguments for every h2c/h2tls run
-# (e.g. -H 'authorization: Bearer ...').
+# (e.g. -H 'authorization: Bearer ...'); MEASURE_HOOK=FUNCTION - measure() calls
+# `FUNCTION begin TAG` just before and `FUNCTION end TAG` just after the
+# measured run (after the warm-up), e.g. to read another process's counters.
 
 LOG_TAG=${LOG_TAG:-bench}
 log() { printf '[%s] %s\n' "$LOG_TAG" "$*" >&2; }
@@ -156,11 +158,13 @@ measure() {
     local out=$RUN_DIR/$tag.out lf=$RUN_DIR/$tag.h2log
     run_load "$mode" "$url" "$RUN_DIR/$tag.warm" "$WARMUP" || true
     local c0 c1 u0 u1 t0 t1
+    [ -n "${MEASURE_HOOK:-}" ] && "$MEASURE_HOOK" begin "$tag"
     c0=$(tree_ticks "$pid"); u0=$(tree_ticks "$DEMO_PID"); t0=$(date +%s.%N)
     if ! run_load "$mode" "$url" "$out" "$DURATION" "$lf"; then
         cat "$out" >&2; die "load run $tag failed"
     fi
     t1=$(date +%s.%N); c1=$(tree_ticks "$pid"); u1=$(tree_ticks "$DEMO_PID")
+    [ -n "${MEASURE_HOOK:-}" ] && "$MEASURE_HOOK" end "$tag"
     local reqs rps p50 p99 errs
     case $mode in
     h2c | h2tls)
