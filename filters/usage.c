@@ -142,6 +142,7 @@ struct tg_usage {
     bool cut_on;              /* max_output is enforced */
     bool finished;            /* tg_usage_finish() ran */
     int err;                  /* sticky emit error, or 0 */
+    bool oracle;              /* tg_usage_set_oracle(): jansson reads every SSE event */
     /* SSE framing */
     unsigned char ls;       /* enum lstate */
     unsigned char bom;      /* BOM bytes matched at the stream start */
@@ -326,22 +327,26 @@ static enum verdict content(struct tg_usage *u, uint64_t chars)
     return V_FORWARD;
 }
 
-/* An ended event with readable data: usage, content, and the verdict. */
-static enum verdict on_event(struct tg_usage *u)
+/* The verdict of a read event: content is counted (or cut), a usage-only event may go. */
+static enum verdict judge(struct tg_usage *u, uint64_t chars, bool usage_only)
 {
-    const char *d = u->data.base;
-    size_t n = u->data.len;
+    if (chars > 0)
+        return content(u, chars);
+    return usage_only && u->o.strip_usage ? V_DROP : V_FORWARD;
+}
+
+/*
+ * Read an event's data with jansson: the reference reader.  It runs for the
+ * events the scanner hands back (SC_HARD) and, with tg_usage_set_oracle(),
+ * for every event, so that tests can compare the two.
+ */
+static enum verdict event_json(struct tg_usage *u, const char *d, size_t n)
+{
     json_error_t jerr;
     json_t *root, *choices = NULL, *usage;
     uint64_t chars = 0;
     bool usage_only = false;
 
-    if (n == 0) /* an empty data buffer dispatches nothing (WHATWG) */
-        return V_FORWARD;
-    if (n == 6 && memcmp(d, "[DONE]", 6) == 0) {
-        u->r.done = true;
-        return V_FORWARD;
-    }
     root = json_loadb(d, n, JSON_REJECT_DUPLICATES, &jerr);
     if (!json_is_object(root)) { /* bad JSON, or NOMEM */
         u->r.lost = true;
@@ -365,9 +370,713 @@ static enum verdict on_event(struct tg_usage *u)
     case TG_USAGE_RESPONSES: chars = responses_event(u, root); break;
     }
     json_decref(root);
-    if (chars > 0)
-        return content(u, chars);
-    return usage_only && u->o.strip_usage ? V_DROP : V_FORWARD;
+    return judge(u, chars, usage_only);
+}
+
+/* ---- SSE events: the scanner ---- */
+
+/*
+ * An event's data is complete and contiguous when it is read (the joined
+ * data buffer), so it is checked by a recursive descent over the buffer
+ * rather than by the resumable body scanner, which does not validate: one
+ * pass that accepts what json_loadb(JSON_REJECT_DUPLICATES) accepts and
+ * notes, by the role of each container, only what event_json() would read.
+ * A key is matched only in the container whose role expects it, so a
+ * "usage" inside choices, or "content" inside an arguments string, is just
+ * another key or text.  What the scanner cannot decide cheaply it answers
+ * SC_HARD, and jansson reads that event (escaped keys, which the duplicate
+ * check would have to decode; nesting past SC_DEPTH; more than SC_KEYS keys
+ * open; reals that might overflow a double).
+ */
+
+#define SC_DEPTH 32    /* containers followed (jansson's limit is 2048) */
+#define SC_KEYS 64     /* keys of the open objects, held for the duplicate check */
+#define SC_TYPE_MAX 64 /* decoded responses `type` compared (all known ones are shorter) */
+
+enum sc_status {
+    SC_OK,   /* valid JSON object; the findings are complete */
+    SC_BAD,  /* invalid JSON (jansson rejects it too) */
+    SC_HARD, /* undecided: ask jansson */
+};
+
+/* What a container is, by the path that leads to it. */
+enum role {
+    R_OTHER,
+    R_ROOT,       /* the event's object */
+    R_CHOICES,    /* root.choices, an array */
+    R_CHOICE,     /* an object in it */
+    R_DELTA,      /* chat: choice.delta */
+    R_TOOL_CALLS, /* chat: delta.tool_calls, an array */
+    R_TOOL_CALL,  /* an object in it */
+    R_FUNCTION,   /* tool_call.function */
+    R_RESPONSE,   /* responses: root.response */
+    R_USAGE,      /* root.usage (responses: response.usage), an object */
+};
+
+/* What a value is, by its key (or array) and the role of its container. */
+enum slot {
+    S_NONE,
+    S_ID,         /* root.id */
+    S_MODEL,      /* root.model */
+    S_CREATED,    /* root.created */
+    S_CHOICES,    /* root.choices */
+    S_CHOICE,     /* an element of choices */
+    S_USAGE,      /* the usage of this API */
+    S_TYPE,       /* responses: root.type */
+    S_RDELTA,     /* responses: root.delta */
+    S_RESPONSE,   /* responses: root.response */
+    S_DELTA,      /* chat: choice.delta */
+    S_TOOL_CALLS, /* chat: delta.tool_calls */
+    S_TOOL_CALL,  /* an element of tool_calls */
+    S_FUNCTION,   /* tool_call.function */
+    S_CONTENT,    /* a content string (counted) */
+    S_PROMPT,     /* usage.prompt_tokens (responses: input_tokens) */
+    S_COMPLETION, /* usage.completion_tokens (responses: output_tokens) */
+};
+
+/* What a usage field held. */
+enum ukind { U_ABSENT, U_NULL, U_INT, U_OTHER };
+
+/* A string value found in the data. */
+struct sc_str {
+    size_t at;  /* its first byte after the quote */
+    size_t len; /* raw bytes up to the closing quote */
+    bool esc;   /* holds escapes: decode before use */
+    bool set;   /* found, and a string */
+};
+
+/* What event_json() would read, found by the scanner. */
+struct sc_found {
+    struct sc_str id, model, type; /* root strings */
+    bool created_set;              /* root.created is an integer */
+    int64_t created;               /* its value */
+    bool choices_arr;              /* root.choices is an array */
+    bool choices_any;              /* ... with an element */
+    uint64_t chars;                /* characters of the content strings in choices */
+    bool rdelta_set;               /* responses: root.delta is a string */
+    uint64_t rdelta_cp;            /* its characters */
+    bool usage_set;                /* usage present and not null */
+    bool usage_obj;                /* ... an object */
+    unsigned char pk, ck;          /* enum ukind of its two fields */
+    int64_t pv, cv;                /* their values when U_INT */
+};
+
+struct scan {
+    const char *p;         /* the event's data */
+    size_t n;              /* its length */
+    size_t i;              /* read position */
+    enum tg_usage_api api; /* decides which keys matter */
+    unsigned depth;        /* open containers */
+    enum sc_status st;     /* SC_OK, or why the scan stopped */
+    size_t nkeys;          /* keys held in keys[] */
+    struct {
+        size_t at, len; /* raw key bytes in p */
+    } keys[SC_KEYS];    /* keys of the open objects, outermost first */
+    struct sc_found f;  /* findings */
+};
+
+/* Bytes that stand for themselves in a string: printable ASCII but '"' and '\\'. */
+#define R16(v) v, v, v, v, v, v, v, v, v, v, v, v, v, v, v, v
+static const unsigned char str_plain[256] = {
+    R16(0), R16(0), 1, 1, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, /* 0x22 '"' */
+    R16(1), R16(1), 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1, /* 0x5C '\\' */
+    R16(1), R16(1),
+};
+#undef R16
+
+/* Stop the scan with status st (the first one stays); false. */
+static bool sc_stop(struct scan *s, enum sc_status st)
+{
+    if (s->st == SC_OK)
+        s->st = st;
+    return false;
+}
+
+static void sc_ws(struct scan *s)
+{
+    while (s->i < s->n &&
+           (s->p[s->i] == ' ' || s->p[s->i] == '\n' || s->p[s->i] == '\r' || s->p[s->i] == '\t'))
+        s->i++;
+}
+
+/* The value of 4 hex digits, or -1. */
+static int hex4(const char *p)
+{
+    int v = 0;
+    for (int k = 0; k < 4; k++) {
+        char c = p[k];
+        v <<= 4;
+        if (c >= '0' && c <= '9')
+            v += c - '0';
+        else if (c >= 'a' && c <= 'f')
+            v += c - 'a' + 10;
+        else if (c >= 'A' && c <= 'F')
+            v += c - 'A' + 10;
+        else
+            return -1;
+    }
+    return v;
+}
+
+/*
+ * Bytes of the escape at p[i] (its backslash), or 0 if jansson rejects it:
+ * an unknown escape, bad hex, \u0000 (no JSON_ALLOW_NUL), a lone surrogate.
+ * A surrogate pair is one escape of 12 bytes.
+ */
+static size_t esc_len(const char *p, size_t n, size_t i)
+{
+    int v, w;
+
+    if (n - i < 2)
+        return 0;
+    switch (p[i + 1]) {
+    case '"':
+    case '\\':
+    case '/':
+    case 'b':
+    case 'f':
+    case 'n':
+    case 'r':
+    case 't': return 2;
+    case 'u': break;
+    default: return 0;
+    }
+    if (n - i < 6 || (v = hex4(p + i + 2)) <= 0 || (v >= 0xDC00 && v <= 0xDFFF))
+        return 0;
+    if (v < 0xD800 || v > 0xDBFF)
+        return 6;
+    if (n - i < 12 || p[i + 6] != '\\' || p[i + 7] != 'u')
+        return 0;
+    w = hex4(p + i + 8);
+    return w >= 0xDC00 && w <= 0xDFFF ? 12 : 0;
+}
+
+/* Bytes of the well-formed UTF-8 sequence (RFC 3629) at p, lead byte >= 0x80; 0 if none. */
+static size_t utf8_len(const unsigned char *p, size_t n)
+{
+    unsigned char c = p[0], lo = 0x80, hi = 0xBF;
+    size_t k;
+
+    if (c >= 0xC2 && c <= 0xDF) {
+        k = 2;
+    } else if (c >= 0xE0 && c <= 0xEF) {
+        k = 3;
+        lo = c == 0xE0 ? 0xA0 : 0x80; /* no overlong forms */
+        hi = c == 0xED ? 0x9F : 0xBF; /* no surrogates */
+    } else if (c >= 0xF0 && c <= 0xF4) {
+        k = 4;
+        lo = c == 0xF0 ? 0x90 : 0x80;
+        hi = c == 0xF4 ? 0x8F : 0xBF; /* nothing past U+10FFFF */
+    } else {
+        return 0;
+    }
+    if (n < k || p[1] < lo || p[1] > hi)
+        return 0;
+    for (size_t j = 2; j < k; j++)
+        if ((p[j] & 0xC0) != 0x80)
+            return 0;
+    return k;
+}
+
+/* The string whose quote is at s->i: checked, located, and its characters counted. */
+static bool sc_string(struct scan *s, struct sc_str *out, uint64_t *chars)
+{
+    const unsigned char *p = (const unsigned char *)s->p;
+    size_t n = s->n, i = s->i + 1, j, k;
+    uint64_t cp = 0;
+    bool esc = false;
+
+    out->at = i;
+    for (;;) {
+        for (j = i; j < n && str_plain[p[j]]; j++)
+            ;
+        cp += j - i;
+        i = j;
+        if (i == n || p[i] < 0x20) /* unterminated, or a control character */
+            return sc_stop(s, SC_BAD);
+        if (p[i] == '"')
+            break;
+        if (p[i] == '\\') {
+            k = esc_len(s->p, n, i);
+            esc = true;
+        } else {
+            k = utf8_len(p + i, n - i);
+        }
+        if (k == 0)
+            return sc_stop(s, SC_BAD);
+        i += k;
+        cp++;
+    }
+    out->len = i - out->at;
+    out->esc = esc;
+    out->set = true;
+    *chars = cp;
+    s->i = i + 1;
+    return true;
+}
+
+/*
+ * Decode the checked string body s[0..n) into dst; its length, or SIZE_MAX
+ * when it does not fit in cap bytes.
+ */
+static size_t unescape(const char *s, size_t n, char *dst, size_t cap)
+{
+    size_t i = 0, o = 0;
+
+    while (i < n) {
+        char c = s[i], e[4];
+        size_t k = 1;
+        unsigned long v;
+
+        if (c != '\\') {
+            e[0] = c;
+            i++;
+        } else if (s[i + 1] != 'u') {
+            static const char from[] = "\"\\/bfnrt", to[] = "\"\\/\b\f\n\r\t";
+            e[0] = to[strchr(from, s[i + 1]) - from];
+            i += 2;
+        } else {
+            v = (unsigned long)hex4(s + i + 2);
+            i += 6;
+            if (v >= 0xD800 && v <= 0xDBFF) { /* esc_len() saw the low half */
+                v = 0x10000 + ((v - 0xD800) << 10) + ((unsigned long)hex4(s + i + 2) - 0xDC00);
+                i += 6;
+            }
+            if (v < 0x80) {
+                e[0] = (char)v;
+            } else if (v < 0x800) {
+                e[0] = (char)(0xC0 | v >> 6);
+                e[1] = (char)(0x80 | (v & 0x3F));
+                k = 2;
+            } else if (v < 0x10000) {
+                e[0] = (char)(0xE0 | v >> 12);
+                e[1] = (char)(0x80 | (v >> 6 & 0x3F));
+                e[2] = (char)(0x80 | (v & 0x3F));
+                k = 3;
+            } else {
+                e[0] = (char)(0xF0 | v >> 18);
+                e[1] = (char)(0x80 | (v >> 12 & 0x3F));
+                e[2] = (char)(0x80 | (v >> 6 & 0x3F));
+                e[3] = (char)(0x80 | (v & 0x3F));
+                k = 4;
+            }
+        }
+        if (k > cap - o)
+            return SIZE_MAX;
+        memcpy(dst + o, e, k);
+        o += k;
+    }
+    return o;
+}
+
+/*
+ * The number at s->i, by jansson's rules: an integer (no fraction or
+ * exponent) must fit int64_t; a real that might overflow a double (its
+ * magnitude could reach 10^308) is left to jansson.
+ */
+static bool sc_number(struct scan *s, bool *is_int, int64_t *iv)
+{
+    const char *p = s->p;
+    size_t n = s->n, i = s->i;
+    bool neg = false, big = false, real = false, eneg = false;
+    uint64_t mag = 0;
+    long digits = 0, e = 0;
+
+    if (p[i] == '-') {
+        neg = true;
+        i++;
+    }
+    if (i < n && p[i] == '0') {
+        i++;
+    } else if (i < n && p[i] >= '1' && p[i] <= '9') {
+        for (; i < n && p[i] >= '0' && p[i] <= '9'; i++, digits++) {
+            unsigned d = (unsigned)(p[i] - '0');
+            if (mag > (UINT64_MAX - d) / 10)
+                big = true;
+            else
+                mag = mag * 10 + d;
+        }
+    } else {
+        return sc_stop(s, SC_BAD);
+    }
+    if (i < n && p[i] == '.') {
+        real = true;
+        if (++i == n || p[i] < '0' || p[i] > '9')
+            return sc_stop(s, SC_BAD);
+        while (i < n && p[i] >= '0' && p[i] <= '9')
+            i++;
+    }
+    if (i < n && (p[i] == 'e' || p[i] == 'E')) {
+        real = true;
+        if (++i < n && (p[i] == '+' || p[i] == '-'))
+            eneg = p[i++] == '-';
+        if (i == n || p[i] < '0' || p[i] > '9')
+            return sc_stop(s, SC_BAD);
+        for (; i < n && p[i] >= '0' && p[i] <= '9'; i++)
+            if (e < 100000) /* saturates: only the comparison below reads it */
+                e = e * 10 + (p[i] - '0');
+    }
+    s->i = i;
+    *is_int = !real;
+    if (real)
+        return digits + (eneg ? -e : e) <= 308 || sc_stop(s, SC_HARD);
+    if (big || mag > (uint64_t)INT64_MAX + neg) /* strtoll's ERANGE */
+        return sc_stop(s, SC_BAD);
+    *iv = !neg ? (int64_t)mag : mag > (uint64_t)INT64_MAX ? INT64_MIN : -(int64_t)mag;
+    return true;
+}
+
+/* The literal lit (true, false, null) at s->i. */
+static bool sc_lit(struct scan *s, const char *lit, size_t len)
+{
+    if (s->n - s->i < len || memcmp(s->p + s->i, lit, len) != 0)
+        return sc_stop(s, SC_BAD);
+    s->i += len;
+    return true;
+}
+
+#define KEY_IS(k, n, lit) ((n) == sizeof(lit) - 1 && memcmp(k, lit, sizeof(lit) - 1) == 0)
+
+/* The slot of a member named k (raw, unescaped) in an object of this role. */
+static enum slot key_slot(const struct scan *s, enum role role, const char *k, size_t n)
+{
+    bool resp = s->api == TG_USAGE_RESPONSES;
+
+    switch (role) {
+    case R_ROOT:
+        if (resp)
+            return KEY_IS(k, n, "type")       ? S_TYPE
+                   : KEY_IS(k, n, "delta")    ? S_RDELTA
+                   : KEY_IS(k, n, "response") ? S_RESPONSE
+                                              : S_NONE;
+        return KEY_IS(k, n, "id")        ? S_ID
+               : KEY_IS(k, n, "model")   ? S_MODEL
+               : KEY_IS(k, n, "created") ? S_CREATED
+               : KEY_IS(k, n, "choices") ? S_CHOICES
+               : KEY_IS(k, n, "usage")   ? S_USAGE
+                                         : S_NONE;
+    case R_CHOICE:
+        if (s->api == TG_USAGE_COMPLETIONS)
+            return KEY_IS(k, n, "text") ? S_CONTENT : S_NONE;
+        return s->api == TG_USAGE_CHAT && KEY_IS(k, n, "delta") ? S_DELTA : S_NONE;
+    case R_DELTA:
+        if (KEY_IS(k, n, "content") || KEY_IS(k, n, "reasoning_content") || KEY_IS(k, n, "refusal"))
+            return S_CONTENT;
+        return KEY_IS(k, n, "tool_calls") ? S_TOOL_CALLS : S_NONE;
+    case R_TOOL_CALL: return KEY_IS(k, n, "function") ? S_FUNCTION : S_NONE;
+    case R_FUNCTION: return KEY_IS(k, n, "arguments") ? S_CONTENT : S_NONE;
+    case R_RESPONSE: return KEY_IS(k, n, "usage") ? S_USAGE : S_NONE;
+    case R_USAGE:
+        if (resp)
+            return KEY_IS(k, n, "input_tokens")    ? S_PROMPT
+                   : KEY_IS(k, n, "output_tokens") ? S_COMPLETION
+                                                   : S_NONE;
+        return KEY_IS(k, n, "prompt_tokens")       ? S_PROMPT
+               : KEY_IS(k, n, "completion_tokens") ? S_COMPLETION
+                                                   : S_NONE;
+    case R_OTHER:
+    case R_CHOICES:
+    case R_TOOL_CALLS: break;
+    }
+    return S_NONE;
+}
+
+static bool sc_value(struct scan *s, enum slot slot);
+
+/* After a member or an element: true at the closer (consumed), false at a comma (consumed). */
+static bool sc_next(struct scan *s, char closer, bool *end)
+{
+    sc_ws(s);
+    if (s->i < s->n && s->p[s->i] == ',') {
+        s->i++;
+        sc_ws(s);
+        *end = false;
+        return true;
+    }
+    if (s->i < s->n && s->p[s->i] == closer) {
+        s->i++;
+        *end = true;
+        return true;
+    }
+    return sc_stop(s, SC_BAD);
+}
+
+/* The object at s->i: members checked (no duplicate keys), values read by slot. */
+static bool sc_object(struct scan *s, enum role role)
+{
+    size_t base = s->nkeys;
+    bool end = false;
+
+    if (++s->depth > SC_DEPTH)
+        return sc_stop(s, SC_HARD);
+    s->i++;
+    sc_ws(s);
+    if (s->i < s->n && s->p[s->i] == '}') {
+        s->i++;
+        end = true;
+    }
+    while (!end) {
+        struct sc_str k;
+        uint64_t cp;
+
+        if (s->i == s->n || s->p[s->i] != '"')
+            return sc_stop(s, SC_BAD);
+        if (!sc_string(s, &k, &cp))
+            return false;
+        if (k.esc) /* "a" and "\u0061" are the same key: jansson compares them */
+            return sc_stop(s, SC_HARD);
+        for (size_t j = base; j < s->nkeys; j++)
+            if (s->keys[j].len == k.len && memcmp(s->p + s->keys[j].at, s->p + k.at, k.len) == 0)
+                return sc_stop(s, SC_BAD); /* JSON_REJECT_DUPLICATES */
+        if (s->nkeys == SC_KEYS)
+            return sc_stop(s, SC_HARD);
+        s->keys[s->nkeys].at = k.at;
+        s->keys[s->nkeys].len = k.len;
+        s->nkeys++;
+        sc_ws(s);
+        if (s->i == s->n || s->p[s->i] != ':')
+            return sc_stop(s, SC_BAD);
+        s->i++;
+        sc_ws(s);
+        if (!sc_value(s, key_slot(s, role, s->p + k.at, k.len)) || !sc_next(s, '}', &end))
+            return false;
+    }
+    s->nkeys = base;
+    s->depth--;
+    return true;
+}
+
+/* The array at s->i; the elements of choices and tool_calls have their slots. */
+static bool sc_array(struct scan *s, enum role role)
+{
+    enum slot es = role == R_CHOICES ? S_CHOICE : role == R_TOOL_CALLS ? S_TOOL_CALL : S_NONE;
+    bool end = false;
+
+    if (++s->depth > SC_DEPTH)
+        return sc_stop(s, SC_HARD);
+    s->i++;
+    sc_ws(s);
+    if (s->i < s->n && s->p[s->i] == ']') {
+        s->i++;
+        end = true;
+    }
+    if (!end && role == R_CHOICES)
+        s->f.choices_any = true;
+    while (!end)
+        if (!sc_value(s, es) || !sc_next(s, ']', &end))
+            return false;
+    s->depth--;
+    return true;
+}
+
+/* Record a usage field of kind k (value v when U_INT). */
+static void sc_usage_field(struct scan *s, enum slot slot, enum ukind k, int64_t v)
+{
+    if (slot == S_PROMPT) {
+        s->f.pk = (unsigned char)k;
+        s->f.pv = v;
+    } else if (slot == S_COMPLETION) {
+        s->f.ck = (unsigned char)k;
+        s->f.cv = v;
+    }
+}
+
+/* The value at s->i, in slot. */
+static bool sc_value(struct scan *s, enum slot slot)
+{
+    struct sc_str str;
+    uint64_t cp;
+    int64_t iv = 0;
+    bool is_int;
+
+    if (s->i == s->n)
+        return sc_stop(s, SC_BAD);
+    if (slot == S_USAGE && s->p[s->i] != 'n')
+        s->f.usage_set = true; /* not null (or invalid, which ends the scan) */
+    switch (s->p[s->i]) {
+    case '{':
+        sc_usage_field(s, slot, U_OTHER, 0);
+        if (slot == S_USAGE)
+            s->f.usage_obj = true;
+        return sc_object(s, slot == S_CHOICE      ? R_CHOICE
+                            : slot == S_DELTA     ? R_DELTA
+                            : slot == S_TOOL_CALL ? R_TOOL_CALL
+                            : slot == S_FUNCTION  ? R_FUNCTION
+                            : slot == S_RESPONSE  ? R_RESPONSE
+                            : slot == S_USAGE     ? R_USAGE
+                                                  : R_OTHER);
+    case '[':
+        sc_usage_field(s, slot, U_OTHER, 0);
+        if (slot == S_CHOICES)
+            s->f.choices_arr = true;
+        return sc_array(s, slot == S_CHOICES      ? R_CHOICES
+                           : slot == S_TOOL_CALLS ? R_TOOL_CALLS
+                                                  : R_OTHER);
+    case '"':
+        if (!sc_string(s, &str, &cp))
+            return false;
+        if (slot == S_CONTENT) {
+            s->f.chars += cp;
+        } else if (slot == S_ID) {
+            s->f.id = str;
+        } else if (slot == S_MODEL) {
+            s->f.model = str;
+        } else if (slot == S_TYPE) {
+            s->f.type = str;
+        } else if (slot == S_RDELTA) {
+            s->f.rdelta_set = true;
+            s->f.rdelta_cp = cp;
+        } else {
+            sc_usage_field(s, slot, U_OTHER, 0);
+        }
+        return true;
+    case 't': sc_usage_field(s, slot, U_OTHER, 0); return sc_lit(s, "true", 4);
+    case 'f': sc_usage_field(s, slot, U_OTHER, 0); return sc_lit(s, "false", 5);
+    case 'n': sc_usage_field(s, slot, U_NULL, 0); return sc_lit(s, "null", 4);
+    default:
+        if (s->p[s->i] != '-' && (s->p[s->i] < '0' || s->p[s->i] > '9'))
+            return sc_stop(s, SC_BAD);
+        if (!sc_number(s, &is_int, &iv))
+            return false;
+        sc_usage_field(s, slot, is_int ? U_INT : U_OTHER, iv);
+        if (slot == S_CREATED && is_int) {
+            s->f.created_set = true;
+            s->f.created = iv;
+        }
+        return true;
+    }
+}
+
+/* Scan one event's data (n > 0).  SC_OK: s->f holds what event_json() would read. */
+static enum sc_status scan_event(struct scan *s, enum tg_usage_api api, const char *d, size_t n)
+{
+    s->p = d;
+    s->n = n;
+    s->i = 0;
+    s->api = api;
+    s->depth = 0;
+    s->st = SC_OK;
+    s->nkeys = 0;
+    memset(&s->f, 0, sizeof(s->f));
+    sc_ws(s);
+    if (s->i == n || d[s->i] != '{') /* not an object: jansson's array is no use either */
+        return SC_BAD;
+    if (!sc_object(s, R_ROOT))
+        return s->st;
+    sc_ws(s);
+    return s->i == n ? SC_OK : SC_BAD; /* trailing bytes */
+}
+
+/* read_usage() on scanned fields. */
+static void usage_scanned(struct tg_usage *u, const struct sc_found *f)
+{
+    if (!f->usage_obj || f->pk != U_INT || f->pv < 0 || f->ck == U_OTHER ||
+        (f->ck == U_INT && f->cv < 0)) {
+        u->r.lost = true;
+        return;
+    }
+    u->r.have_usage = true;
+    u->r.prompt_tokens = (uint64_t)f->pv;
+    u->r.completion_tokens = f->ck == U_INT ? (uint64_t)f->cv : 0;
+}
+
+/* keep_str() on a scanned string: decoded, shorter than TG_USAGE_STR_MAX. */
+static void keep_scanned(const struct scan *s, const struct sc_str *v, char *dst, size_t *len,
+                         bool *have)
+{
+    size_t k;
+
+    if (*have || !v->set)
+        return;
+    if (!v->esc) {
+        if (v->len >= TG_USAGE_STR_MAX)
+            return;
+        memcpy(dst, s->p + v->at, v->len);
+        k = v->len;
+    } else if ((k = unescape(s->p + v->at, v->len, dst, TG_USAGE_STR_MAX - 1)) == SIZE_MAX) {
+        return;
+    }
+    *len = k;
+    *have = true;
+}
+
+/* Is the scanned string v the literal lit? */
+static bool str_is(const struct scan *s, const struct sc_str *v, const char *lit)
+{
+    char b[SC_TYPE_MAX];
+    const char *t = s->p + v->at;
+    size_t n = v->len;
+
+    if (v->esc) {
+        n = unescape(t, n, b, sizeof(b));
+        t = b;
+    }
+    return n == strlen(lit) && memcmp(t, lit, n) == 0;
+}
+
+/* event_json() on a scanned event: the same reads, the same verdict. */
+static enum verdict event_scanned(struct tg_usage *u, const struct scan *s)
+{
+    static const char *const deltas[] = {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+    };
+    const struct sc_found *f = &s->f;
+    uint64_t chars = 0;
+    bool usage_only = false;
+
+    if (u->o.api != TG_USAGE_RESPONSES) {
+        keep_scanned(s, &f->id, u->id, &u->id_len, &u->have_id);
+        keep_scanned(s, &f->model, u->model, &u->model_len, &u->have_model);
+        if (!u->have_created && f->created_set) {
+            u->created = f->created;
+            u->have_created = true;
+        }
+        if (f->usage_set) {
+            usage_scanned(u, f);
+            usage_only = f->choices_arr && !f->choices_any;
+        }
+        if (u->o.api != TG_USAGE_EMBEDDINGS)
+            chars = f->chars;
+    } else if (f->type.set) {
+        if (str_is(s, &f->type, "response.completed") ||
+            str_is(s, &f->type, "response.incomplete") || str_is(s, &f->type, "response.failed")) {
+            if (f->usage_set)
+                usage_scanned(u, f);
+            u->r.done = true;
+        } else if (f->rdelta_set) {
+            for (size_t i = 0; i < sizeof(deltas) / sizeof(deltas[0]); i++)
+                if (str_is(s, &f->type, deltas[i]))
+                    chars = f->rdelta_cp;
+        }
+    }
+    return judge(u, chars, usage_only);
+}
+
+/* An ended event with readable data: usage, content, and the verdict. */
+static enum verdict on_event(struct tg_usage *u)
+{
+    const char *d = u->data.base;
+    size_t n = u->data.len;
+    struct scan s;
+
+    if (n == 0) /* an empty data buffer dispatches nothing (WHATWG) */
+        return V_FORWARD;
+    if (n == 6 && memcmp(d, "[DONE]", 6) == 0) {
+        u->r.done = true;
+        return V_FORWARD;
+    }
+    if (u->oracle)
+        return event_json(u, d, n);
+    switch (scan_event(&s, u->o.api, d, n)) {
+    case SC_OK: return event_scanned(u, &s);
+    case SC_BAD: u->r.lost = true; return V_FORWARD;
+    case SC_HARD: return event_json(u, d, n);
+    }
+    return V_FORWARD;
 }
 
 /*
@@ -600,12 +1309,13 @@ static size_t line_end(struct tg_usage *u, const char *p, size_t n, size_t i)
     return i + 1;
 }
 
-/* Index of the first CR or LF at or after i, or n. */
+/* Index of the first CR or LF at or after i, or n (two memchr: CR is rare, lines are long). */
 static size_t find_eol(const char *p, size_t n, size_t i)
 {
-    while (i < n && p[i] != '\n' && p[i] != '\r')
-        i++;
-    return i;
+    const char *lf = i < n ? memchr(p + i, '\n', n - i) : NULL;
+    size_t end = lf ? (size_t)(lf - p) : n;
+    const char *cr = end > i ? memchr(p + i, '\r', end - i) : NULL;
+    return cr ? (size_t)(cr - p) : end;
 }
 
 /* Walk one piece.  eof: the body ended after it. */
@@ -1020,6 +1730,11 @@ int tg_usage_feed(struct tg_usage *u, const char *p, size_t n, tg_usage_emit_fn 
 int tg_usage_finish(struct tg_usage *u, tg_usage_emit_fn *emit, void *arg)
 {
     return run(u, "", 0, true, emit, arg);
+}
+
+void tg_usage_set_oracle(struct tg_usage *u, bool on)
+{
+    u->oracle = on;
 }
 
 const struct tg_usage_result *tg_usage_result(const struct tg_usage *u)

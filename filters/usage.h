@@ -35,7 +35,19 @@
  * which then follows right after it.  At tg_usage_finish(), an unterminated
  * last event is treated as ended.
  *
- * Each event's data is parsed with jansson (JSON_REJECT_DUPLICATES).  What
+ * Each event's data is read by a one-pass scanner that does not build a
+ * tree: it accepts what jansson's json_loadb(JSON_REJECT_DUPLICATES) accepts
+ * (RFC 8259 syntax, well-formed UTF-8, known escapes, surrogates only in
+ * pairs, no \u0000, no duplicate key in any object, integers that fit
+ * int64_t), and takes only the members named below, each at its own place
+ * (a "usage" inside choices, or "content" inside an arguments string, is
+ * not read).  An event the scanner cannot decide cheaply is parsed with
+ * jansson instead: a key written with escapes, nesting deeper than 32,
+ * more than 64 keys in the open objects, a real number that might overflow
+ * a double.  The unit tests and fuzz_sse_usage check the scanner against
+ * jansson (tg_usage_set_oracle()).  Data that is not a valid JSON object
+ * sets `lost`.  The scanner allocates nothing, so an allocation failure no
+ * longer loses an event (it still can when jansson reads it).  What
  * counts as output text ("content"), per API:
  *  - chat: choices[*].delta.content, .reasoning_content, .refusal and
  *    .tool_calls[*].function.arguments;
@@ -43,10 +55,10 @@
  *  - responses: the `delta` string of events whose type is
  *    response.{output_text,refusal,function_call_arguments,reasoning_text,
  *    reasoning_summary_text}.delta.
- * Characters are Unicode code points (UTF-8 lead bytes of the decoded
- * strings).  An event whose content strings hold at least one character is
- * a content event: it adds 1 to content_events and max(1, ceil(chars / 4))
- * to observed_output.  An empty string (the usual first chat chunk
+ * Characters are Unicode code points of the decoded strings (an escape is
+ * one, a surrogate pair \uD83D\uDE00 is one).  An event whose content strings hold at least one
+ * character is a content event: it adds 1 to content_events and max(1, ceil(chars / 4)) to
+ * observed_output.  An empty string (the usual first chat chunk
  * `"content":""`) is not content.
  *
  * Usage: chat, completions and embeddings read usage.prompt_tokens and
@@ -165,6 +177,13 @@ int tg_usage_feed(struct tg_usage *u, const char *p, size_t n, tg_usage_emit_fn 
  * TG_E_CLOSED.
  */
 int tg_usage_finish(struct tg_usage *u, tg_usage_emit_fn *emit, void *arg);
+
+/*
+ * Testing: read every SSE event with jansson, the reference reader that the
+ * scanner must agree with (unit tests and fuzz_sse_usage compare the two).
+ * Slower; set it before the first feed().
+ */
+void tg_usage_set_oracle(struct tg_usage *u, bool on);
 
 /* The result so far (owned by u, valid until tg_usage_free()). */
 const struct tg_usage_result *tg_usage_result(const struct tg_usage *u);

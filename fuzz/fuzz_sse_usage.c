@@ -9,12 +9,19 @@
  * and no cut they are the input with whole events left out (a subsequence).
  * Memory is bounded: every allocation (jansson's too) is counted, and the
  * peak of live bytes must stay under MEM_BOUND whatever the input.
+ *
+ * Differential: the body is fed once more to a reader that parses every SSE
+ * event with jansson (tg_usage_set_oracle), the reference of the event
+ * scanner: both must forward the same bytes and give the same result (the
+ * bytes only when both runs fell in the same second: a cut without the
+ * upstream's `created` writes the clock).
  */
 #include <jansson.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "filters/usage.h"
 #include "proxy/mem.h"
@@ -118,9 +125,9 @@ static uint32_t rnd(uint32_t *s)
     return *s;
 }
 
-/* Feed in pieces: seed 0 means one piece. */
+/* Feed in pieces: seed 0 means one piece.  oracle: jansson reads the events. */
 static void run(const struct tg_usage_opts *o, const char *in, size_t len, uint32_t seed,
-                struct run *r)
+                bool oracle, struct run *r)
 {
     struct tg_usage *u = tg_usage_new(o);
     size_t at = 0;
@@ -128,6 +135,7 @@ static void run(const struct tg_usage_opts *o, const char *in, size_t len, uint3
 
     memset(r, 0, sizeof(*r));
     CHECK(u != NULL);
+    tg_usage_set_oracle(u, oracle);
     while (at < len) {
         size_t n = len - at;
         if (seed != 0) {
@@ -170,7 +178,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     static const uint64_t max_outputs[] = {0, 1, 3, 50};
     static bool init;
     struct tg_usage_opts o;
-    struct run one, some;
+    struct run one, some, ref;
 
     if (!init) {
         tg_mem_set(&counting);
@@ -190,10 +198,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     size_t len = size - 2;
 
     live = peak = 0;
-    run(&o, in, len, 0, &one);
-    run(&o, in, len, seed, &some);
+    time_t t0 = time(NULL);
+    run(&o, in, len, 0, false, &one);
+    run(&o, in, len, 0, true, &ref);
+    bool same_second = time(NULL) == t0;
+    run(&o, in, len, seed, false, &some);
     CHECK(live == 0); /* everything freed */
     CHECK(peak < MEM_BOUND);
+
+    /* the scanner reads what jansson reads */
+    CHECK(one.out.len == ref.out.len);
+    CHECK(!same_second || one.out.len == 0 || memcmp(one.out.p, ref.out.p, one.out.len) == 0);
+    CHECK(one.cut == ref.cut && one.r.have_usage == ref.r.have_usage &&
+          one.r.prompt_tokens == ref.r.prompt_tokens &&
+          one.r.completion_tokens == ref.r.completion_tokens &&
+          one.r.observed_output == ref.r.observed_output &&
+          one.r.content_events == ref.r.content_events && one.r.done == ref.r.done &&
+          one.r.lost == ref.r.lost);
 
     CHECK(one.out.len == some.out.len);
     CHECK(one.out.len == 0 || memcmp(one.out.p, some.out.p, one.out.len) == 0);
@@ -220,5 +241,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     free(one.out.p);
     free(some.out.p);
+    free(ref.out.p);
     return 0;
 }

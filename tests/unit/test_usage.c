@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define CHAT_HEAD                                                                                  \
     "{\"id\":\"chatcmpl-demo-7\",\"object\":\"chat.completion.chunk\",\"created\":1700000000,"     \
@@ -154,6 +155,9 @@ struct outcome {
     bool cut_rv;              /* some call returned TG_USAGE_CUT */
 };
 
+/* Read SSE events with jansson instead of the scanner (the differential tests). */
+static bool use_oracle;
+
 /* Feed in pieces ending at cuts[0..ncuts) (ascending), then finish. */
 static struct outcome feed_pieces(const struct tg_usage_opts *o, const char *in, size_t len,
                                   const size_t *cuts, size_t ncuts)
@@ -164,6 +168,7 @@ static struct outcome feed_pieces(const struct tg_usage_opts *o, const char *in,
     size_t at = 0;
 
     assert_non_null(u);
+    tg_usage_set_oracle(u, use_oracle);
     for (size_t c = 0; c <= ncuts; c++) {
         size_t end = c < ncuts ? cuts[c] : len;
         size_t n = end - at;
@@ -745,6 +750,390 @@ static void test_bad_json_and_done(void **state)
     str_free(&s);
 }
 
+/* ---- SSE: the event scanner against jansson ---- */
+
+/* One event with data d: each LF in d starts another data line (SSE joins them with LF). */
+static void add_event(struct str *s, const char *d, size_t n)
+{
+    str_cat(s, "data: ");
+    for (size_t i = 0; i < n; i++) {
+        if (d[i] == '\n')
+            str_cat(s, "\ndata: ");
+        else
+            str_add(s, d + i, 1);
+    }
+    str_cat(s, "\n\n");
+}
+
+/*
+ * The scanner and jansson (tg_usage_set_oracle) on one event's data, for
+ * every API and in pass-through, strip and cut mode: the event, then two
+ * content events of every API without identity, so that a cut writes the id,
+ * model and created that only the event under test can give.  Results and
+ * forwarded bytes must be identical (the bytes only when both runs fell in
+ * the same second, as a cut without `created` writes the clock).
+ */
+static void check_oracle(const char *d, size_t n)
+{
+    static const char x[] = "{\"choices\":[{\"delta\":{\"content\":\"ab\"},\"text\":\"ab\"}],"
+                            "\"type\":\"response.output_text.delta\",\"delta\":\"ab\"}";
+    static const struct tg_usage_opts modes[] = {
+        {.sse = true},
+        {.sse = true, .strip_usage = true},
+        {.sse = true, .max_output = 1, .prompt_estimate = 9},
+        {.sse = true, .strip_usage = true, .max_output = 1},
+    };
+    struct str s = {0};
+
+    add_event(&s, d, n);
+    add_event(&s, x, strlen(x));
+    add_event(&s, x, strlen(x));
+    str_cat(&s, "data: [DONE]\n\n");
+    for (int api = TG_USAGE_CHAT; api <= TG_USAGE_RESPONSES; api++) {
+        for (size_t m = 0; m < sizeof(modes) / sizeof(modes[0]); m++) {
+            struct tg_usage_opts o = modes[m];
+            o.api = (enum tg_usage_api)api;
+            time_t t0 = time(NULL);
+            use_oracle = false;
+            struct outcome a = feed_pieces(&o, s.p, s.len, NULL, 0);
+            use_oracle = true;
+            struct outcome b = feed_pieces(&o, s.p, s.len, NULL, 0);
+            use_oracle = false;
+            bool same_second = time(NULL) == t0;
+            if (a.r.have_usage != b.r.have_usage || a.r.lost != b.r.lost ||
+                a.r.content_events != b.r.content_events || a.r.cut != b.r.cut)
+                print_message("scanner and jansson differ (api %d, mode %zu) on: %.*s\n", api, m,
+                              (int)n, d);
+            assert_same_result(&a.r, &b.r, (size_t)api * 10 + m);
+            if (same_second)
+                assert_same_out(&a.out, b.out.p, b.out.len, (size_t)api * 10 + m);
+            else
+                assert_int_equal(a.out.len, b.out.len);
+            str_free(&a.out);
+            str_free(&b.out);
+        }
+    }
+    str_free(&s);
+}
+
+struct scan_case {
+    enum tg_usage_api api;   /* the reader's API */
+    const char *data;        /* one event's data */
+    bool lost;               /* want: result.lost */
+    uint64_t events;         /* want: content_events */
+    uint64_t observed;       /* want: observed_output */
+    bool usage;              /* want: have_usage */
+    uint64_t prompt, compl ; /* want: the usage */
+    bool done;               /* want: done */
+};
+
+#define C TG_USAGE_CHAT
+#define CO TG_USAGE_COMPLETIONS
+#define E TG_USAGE_EMBEDDINGS
+#define R TG_USAGE_RESPONSES
+static const struct scan_case scan_cases[] = {
+    /* escapes: a surrogate pair is one character, every escape is one */
+    {C,
+     "{\"choices\":[{\"delta\":{\"content\":\"\\ud83d\\ude00\\uD83D\\uDE00\\ud83d\\ude00"
+     "\\ud83d\\ude00\"}}]}",
+     false, 1, 1, false, 0, 0, false},
+    {C, "{\"choices\":[{\"delta\":{\"content\":\"\\n\\t\\\"\\\\\\/\\b\\f\\r\\u00e9\"}}]}", false, 1,
+     3, false, 0, 0, false},
+    {C,
+     "{\"choices\":[{\"delta\":{\"content\":\"\xC3\xA9\xE6\xBC\xA2\xF0\x9F\x98\x80"
+     "ab\"}}]}",
+     false, 1, 2, false, 0, 0, false},
+    {C, "{\"choices\":[{\"delta\":{\"content\":\"\"}}]}", false, 0, 0, false, 0, 0, false},
+    {C,
+     "{\"choices\":[{\"delta\":{\"content\":\"a\",\"reasoning_content\":\"bcd\","
+     "\"refusal\":\"e\"}},{\"delta\":{\"content\":\"fghij\"}}]}",
+     false, 1, 3, false, 0, 0, false},
+    /* keys at the wrong depth, or inside strings */
+    {C,
+     "{\"choices\":[{\"delta\":{\"content\":\"hi\"},\"usage\":{\"prompt_tokens\":9,"
+     "\"completion_tokens\":1}}]}",
+     false, 1, 1, false, 0, 0, false},
+    {C,
+     "{\"choices\":[{\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"name\":\"content\","
+     "\"arguments\":\"{\\\"content\\\":\\\"xx\\\"}\"}}]}}]}",
+     false, 1, 4, false, 0, 0, false},
+    {C,
+     "{\"x\":{\"choices\":[{\"delta\":{\"content\":\"abc\"}}],\"usage\":{\"prompt_tokens\":1}},"
+     "\"choices\":[{\"text\":\"abc\",\"content\":\"abc\",\"delta\":{\"x\":{\"content\":\"a\"}}}]}",
+     false, 0, 0, false, 0, 0, false},
+    {C, "{\"choices\":{\"delta\":{\"content\":\"abc\"}},\"usage\":{\"prompt_tokens\":2}}", false, 0,
+     0, true, 2, 0, false},
+    /* usage */
+    {C, "{\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}", false, 0, 0,
+     true, 3, 4, false},
+    {C,
+     "{\"usage\":{\"completion_tokens\":null,\"prompt_tokens\":3,\"total_tokens\":3.5},"
+     "\"choices\":[]}",
+     false, 0, 0, true, 3, 0, false},
+    {C, "{\"choices\":[],\"usage\":null}", false, 0, 0, false, 0, 0, false},
+    {C, "{\"choices\":[],\"usage\":{\"prompt_tokens\":1.0}}", true, 0, 0, false, 0, 0, false},
+    {C, "{\"choices\":[],\"usage\":{\"prompt_tokens\":null}}", true, 0, 0, false, 0, 0, false},
+    {C, "{\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":-4}}", true, 0, 0,
+     false, 0, 0, false},
+    {C, "{\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":[4]}}", true, 0, 0,
+     false, 0, 0, false},
+    {C, "{\"choices\":[],\"usage\":{\"completion_tokens\":4}}", true, 0, 0, false, 0, 0, false},
+    {C, "{\"choices\":[],\"usage\":[]}", true, 0, 0, false, 0, 0, false},
+    {C, "{\"choices\":[],\"usage\":\"x\"}", true, 0, 0, false, 0, 0, false},
+    {C, "{\"choices\":[],\"usage\":{\"prompt_tokens\":9223372036854775807}}", false, 0, 0, true,
+     9223372036854775807u, 0, false},
+    /* keys with escapes (jansson decides: the scanner hands them over) */
+    {C, "{\"choices\":[{\"delta\":{\"cont\\u0065nt\":\"abcde\"}}]}", false, 1, 2, false, 0, 0,
+     false},
+    {C, "{\"choices\":[],\"a\":1,\"\\u0061\":2}", true, 0, 0, false, 0, 0, false},
+    {C, "{\"choices\":[{\"delta\":{\"content\":\"a\",\"content\":\"b\"}}]}", true, 0, 0, false, 0,
+     0, false},
+    {C, "{\"choices\":[],\"choices\":[]}", true, 0, 0, false, 0, 0, false},
+    /* whitespace and numbers */
+    {C, " \t\n{ \"choices\" :\n[ { \"delta\" : { \"content\" : \"hey\" } } ] ,\"n\":\t1 }\n ",
+     false, 1, 1, false, 0, 0, false},
+    {C,
+     "{\"choices\":[{\"delta\":{\"content\":\"ab\"}}],\"n\":[0,-0,1.5e3,2E-2,-1e-400,1e308,"
+     "0.5E+2,9223372036854775807,-9223372036854775808,true,false,null,{},[]]}",
+     false, 1, 1, false, 0, 0, false},
+    {C, "{\"n\":1.7976931348623157e308,\"choices\":[{\"delta\":{\"content\":\"ab\"}}]}", false, 1,
+     1, false, 0, 0, false},
+    {C, "{\"n\":123456789012345678901234567890.5,\"choices\":[{\"delta\":{\"content\":\"ab\"}}]}",
+     false, 1, 1, false, 0, 0, false},
+    {C, "{\"n\":1e309,\"choices\":[{\"delta\":{\"content\":\"ab\"}}]}", true, 0, 0, false, 0, 0,
+     false},
+    {C, "{\"n\":-1.8e308,\"choices\":[{\"delta\":{\"content\":\"ab\"}}]}", true, 0, 0, false, 0, 0,
+     false},
+    {C, "{\"n\":9223372036854775808,\"choices\":[{\"delta\":{\"content\":\"ab\"}}]}", true, 0, 0,
+     false, 0, 0, false},
+    {C, "{\"n\":-9223372036854775809,\"choices\":[{\"delta\":{\"content\":\"ab\"}}]}", true, 0, 0,
+     false, 0, 0, false},
+    /* other APIs */
+    {CO, "{\"choices\":[{\"text\":\"hello\",\"delta\":{\"content\":\"zzzzzzzzz\"}}]}", false, 1, 2,
+     false, 0, 0, false},
+    {E, "{\"choices\":[{\"text\":\"hello\"}],\"usage\":{\"prompt_tokens\":7}}", false, 0, 0, true,
+     7, 0, false},
+    {R, "{\"delta\":\"hello\",\"type\":\"response.output_text.delta\"}", false, 1, 2, false, 0, 0,
+     false},
+    {R, "{\"type\":\"response.output_text\\u002edelta\",\"delta\":\"abc\"}", false, 1, 1, false, 0,
+     0, false},
+    {R, "{\"type\":\"response.refusal.delta\",\"delta\":5}", false, 0, 0, false, 0, 0, false},
+    {R,
+     "{\"type\":\"response.completed\",\"response\":{\"id\":\"r\",\"usage\":{\"input_tokens\":5,"
+     "\"output_tokens\":7}},\"usage\":{\"input_tokens\":1}}",
+     false, 0, 0, true, 5, 7, true},
+    {R, "{\"response\":{\"usage\":{\"input_tokens\":5}},\"type\":\"response.failed\"}", false, 0, 0,
+     true, 5, 0, true},
+    {R, "{\"type\":\"response.incomplete\",\"response\":{\"usage\":null}}", false, 0, 0, false, 0,
+     0, true},
+    {R, "{\"type\":\"response.created\",\"response\":{\"usage\":{\"input_tokens\":\"x\"}}}", false,
+     0, 0, false, 0, 0, false},
+    /* identity: escapes decoded, too long not kept */
+    {C, "{\"id\":\"a\\u00e9\\\"\\ud83d\\ude00\",\"model\":\"m\\/1\",\"created\":-5,\"choices\":[]}",
+     false, 0, 0, false, 0, 0, false},
+    {C,
+     "{\"created\":1.5,\"model\":5,\"id\":\"0123456789012345678901234567890123456789012345678901"
+     "23456789012345678901234567890123456789012345678901234567890123456789012345678901234567890"
+     "123456789012345678901234567890123456789012345678901234567890123456789\",\"choices\":[]}",
+     false, 0, 0, false, 0, 0, false},
+};
+#undef C
+#undef CO
+#undef E
+#undef R
+
+/* Invalid JSON: every one sets lost and counts nothing. */
+static const char *const bad_events[] = {
+    "{\"choices\":[}",
+    "{\"choices\":[{\"delta\":{\"content\":\"abc\"}}]",
+    "{\"choices\":[{\"delta\":{\"content\":\"abc\"}}]}}",
+    "{\"choices\":[{\"delta\":{\"content\":\"abc\"}},]}",
+    "{\"a\":1,}",
+    "{,}",
+    "{\"a\" 1}",
+    "{\"a\":1 \"b\":2}",
+    "{\"a\"::1}",
+    "{\"a\":}",
+    "{1:2}",
+    "{'a':1}",
+    "{\"a\":\"x}",
+    "{\"a\":\"\\x\"}",
+    "{\"a\":\"\\u12\"}",
+    "{\"a\":\"\\u12g4\"}",
+    "{\"a\":\"\\ud800\"}",
+    "{\"a\":\"\\udc00\"}",
+    "{\"a\":\"\\ud800\\u0041\"}",
+    "{\"a\":\"\\ud800\\ud800\"}",
+    "{\"a\":\"\\ud800x\"}",
+    "{\"a\":\"\\u0000\"}",
+    "{\"\\u0000\":1}",
+    "{\"a\":\"raw\ttab\"}",
+    "{\"a\":\"\xC3\x28\"}",
+    "{\"a\":\"\xED\xA0\x80\"}",
+    "{\"a\":\"\xF4\x90\x80\x80\"}",
+    "{\"a\":\"\xC0\xAF\"}",
+    "{\"a\":\"\xE0\x80\xAF\"}",
+    "{\"a\":\"\xF0\x9F\x98\"}",
+    "{\"a\":\"\x80\"}",
+    "{\"a\":\"\xFF\"}",
+    "{\"a\":01}",
+    "{\"a\":1.}",
+    "{\"a\":.5}",
+    "{\"a\":-}",
+    "{\"a\":+1}",
+    "{\"a\":1e}",
+    "{\"a\":1e+}",
+    "{\"a\":0x1}",
+    "{\"a\":1.5.3}",
+    "{\"a\":tru}",
+    "{\"a\":truex}",
+    "{\"a\":nul}",
+    "{\"a\":NaN}",
+    "{\"a\":1}x",
+    "{\"a\":1}{}",
+    "[1]",
+    "[{\"choices\":[]}]",
+    "\"x\"",
+    "5",
+    "{",
+    "\xEF\xBB\xBF{}",
+    "{\"choices\":[],\"usage\":{\"prompt_tokens\":3}",
+    "{\"choices\":[{\"delta\":{\"content\":\"abc\"}}],\"usage\":nul}",
+};
+
+static void test_scanner_cases(void **state)
+{
+    char name[64];
+    for (size_t i = 0; i < sizeof(scan_cases) / sizeof(scan_cases[0]); i++) {
+        const struct scan_case *c = &scan_cases[i];
+        struct tg_usage_opts o = {.api = c->api, .sse = true};
+        struct str s = {0};
+        add_event(&s, c->data, strlen(c->data));
+        struct outcome oc = feed_pieces(&o, s.p, s.len, NULL, 0);
+        snprintf(name, sizeof(name), "case %zu", i);
+        if (oc.r.lost != c->lost || oc.r.content_events != c->events ||
+            oc.r.observed_output != c->observed || oc.r.have_usage != c->usage ||
+            oc.r.prompt_tokens != c->prompt || oc.r.completion_tokens != c->compl ||
+            oc.r.done != c->done)
+            fail_msg("%s: lost %d ev %llu obs %llu usage %d %llu/%llu done %d: %s", name, oc.r.lost,
+                     (unsigned long long)oc.r.content_events,
+                     (unsigned long long)oc.r.observed_output, oc.r.have_usage,
+                     (unsigned long long)oc.r.prompt_tokens,
+                     (unsigned long long)oc.r.completion_tokens, oc.r.done, c->data);
+        str_free(&oc.out);
+        str_free(&s);
+        check_oracle(c->data, strlen(c->data));
+    }
+    for (size_t i = 0; i < sizeof(bad_events) / sizeof(bad_events[0]); i++) {
+        struct tg_usage_opts o = {.api = TG_USAGE_CHAT, .sse = true};
+        struct str s = {0};
+        add_event(&s, bad_events[i], strlen(bad_events[i]));
+        struct outcome oc = feed_pieces(&o, s.p, s.len, NULL, 0);
+        if (!oc.r.lost || oc.r.content_events != 0 || oc.r.have_usage)
+            fail_msg("bad event %zu read as valid: %s", i, bad_events[i]);
+        str_free(&oc.out);
+        str_free(&s);
+        check_oracle(bad_events[i], strlen(bad_events[i]));
+    }
+}
+
+/* The identity a cut writes comes decoded from the scanner as from jansson. */
+static void test_scanner_identity(void **state)
+{
+    const char *in = "data: {\"id\":\"a\\u00e9\\\"\\ud83d\\ude00\",\"model\":\"m\\/1\","
+                     "\"created\":-5,\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n"
+                     "data: {\"choices\":[{\"delta\":{\"content\":\"y\"}}]}\n\n";
+    struct tg_usage_opts o = {.api = TG_USAGE_CHAT, .sse = true, .max_output = 1};
+    struct outcome oc = feed_pieces(&o, in, strlen(in), NULL, 0);
+    assert_true(oc.r.cut);
+    const char *tail = strstr(oc.out.p, "\n\n") + 2;
+    json_t *ev[4];
+    size_t k = parse_tail(tail, oc.out.len - (size_t)(tail - oc.out.p), ev, 4);
+    assert_int_equal(k, 3);
+    assert_string_equal(json_string_value(json_object_get(ev[0], "id")),
+                        "a\xC3\xA9\"\xF0\x9F\x98\x80");
+    assert_string_equal(json_string_value(json_object_get(ev[0], "model")), "m/1");
+    assert_int_equal(json_integer_value(json_object_get(ev[0], "created")), -5);
+    for (size_t i = 0; i < k; i++)
+        json_decref(ev[i]);
+    str_free(&oc.out);
+}
+
+/* Nesting past the scanner's depth and objects with many keys go to jansson. */
+static void test_scanner_limits(void **state)
+{
+    struct str d = {0};
+    str_cat(&d, "{\"choices\":[{\"delta\":{\"content\":\"abcde\"}}],\"x\":");
+    for (int i = 0; i < 40; i++)
+        str_cat(&d, i % 2 ? "{\"k\":" : "[");
+    str_cat(&d, "1");
+    for (int i = 39; i >= 0; i--)
+        str_cat(&d, i % 2 ? "}" : "]");
+    str_cat(&d, "}");
+    struct tg_usage_opts o = {.api = TG_USAGE_CHAT, .sse = true};
+    struct str s = {0};
+    add_event(&s, d.p, d.len);
+    struct outcome oc = feed_pieces(&o, s.p, s.len, NULL, 0);
+    assert_false(oc.r.lost);
+    assert_int_equal(oc.r.observed_output, 2);
+    str_free(&oc.out);
+    str_free(&s);
+    check_oracle(d.p, d.len);
+
+    d.len = 0;
+    str_cat(&d, "{\"choices\":[{\"delta\":{\"content\":\"abcde\"}}]");
+    for (int i = 0; i < 100; i++)
+        str_printf(&d, ",\"k%d\":%d", i, i);
+    str_cat(&d, "}");
+    check_oracle(d.p, d.len);
+    str_cat(&d, ","); /* now invalid */
+    check_oracle(d.p, d.len);
+    d.len = 0;
+    str_cat(&d, "{\"choices\":[{\"delta\":{\"content\":\"abcde\"}}]");
+    for (int i = 0; i < 100; i++)
+        str_printf(&d, ",\"k%d\":%d", i % 70, i);
+    str_cat(&d, "}"); /* a duplicate past the scanner's key table */
+    check_oracle(d.p, d.len);
+    str_free(&d);
+}
+
+/* Random damage to valid events: the scanner must still agree with jansson. */
+static void test_scanner_mutations(void **state)
+{
+    static const char pool[] = "{}[]\":,\\u0123456789abcdefABCDEF.-+eEntrulsx \t\n\x80\xBF\xC3"
+                               "\xE0\xED\xF0\xF4\xFF";
+    struct str d = {0};
+    size_t nvalid = sizeof(scan_cases) / sizeof(scan_cases[0]);
+
+    for (unsigned iter = 0; iter < 4000; iter++) {
+        const char *base = scan_cases[next_rand() % nvalid].data;
+        d.len = 0;
+        str_cat(&d, base);
+        unsigned ops = 1 + (unsigned)(next_rand() % 3);
+        for (unsigned k = 0; k < ops && d.len > 0; k++) {
+            size_t at = next_rand() % d.len;
+            uint64_t r = next_rand();
+            char c = (r & 8) ? pool[(r >> 8) % (sizeof(pool) - 1)] : (char)(r >> 16);
+            switch (r & 3) {
+            case 0: d.p[at] = c; break; /* replace */
+            case 1:
+                memmove(d.p + at, d.p + at + 1, d.len - at - 1);
+                d.len--;
+                break; /* delete */
+            case 2:    /* insert */
+                str_add(&d, "", 0);
+                str_add(&d, " ", 1);
+                memmove(d.p + at + 1, d.p + at, d.len - at - 1);
+                d.p[at] = c;
+                break;
+            default: d.len = at; break; /* truncate */
+            }
+        }
+        check_oracle(d.p, d.len);
+    }
+    str_free(&d);
+}
+
 /* An emit error stops the call and is sticky. */
 static void test_emit_error(void **state)
 {
@@ -898,11 +1287,14 @@ static void test_failmalloc(void **state)
         {.api = TG_USAGE_CHAT, .sse = true, .strip_usage = true},
         {.api = TG_USAGE_CHAT, .sse = true, .strip_usage = true, .max_output = 2},
         {.api = TG_USAGE_CHAT},
+        {.api = TG_USAGE_CHAT, .sse = true, .strip_usage = true}, /* jansson reads the events */
     };
+    /* allocations each scenario must reach: the scanner allocates nothing, jansson its trees */
+    static const unsigned long min_allocs[] = {2, 3, 3, 5, 5};
     size_t cuts[] = {10, 250, 251, 600};
 
     json_set_alloc_funcs(tg_mem_malloc, tg_mem_free);
-    for (size_t t = 0; t < 4; t++) {
+    for (size_t t = 0; t < 5; t++) {
         const char *in = t == 3 ? body : s.p;
         size_t len = t == 3 ? strlen(body) : s.len;
         for (unsigned long f = 1;; f++) {
@@ -910,6 +1302,8 @@ static void test_failmalloc(void **state)
             struct tg_usage *u = tg_usage_new(&opts[t]);
             struct sink k = {0};
             int rv = 0;
+            if (u != NULL && t == 4)
+                tg_usage_set_oracle(u, true);
             if (u != NULL) {
                 size_t from = 0;
                 for (size_t c = 0; c <= 4 && rv == 0; c++) {
@@ -929,9 +1323,9 @@ static void test_failmalloc(void **state)
                 assert_true(rv == 0 || rv == TG_USAGE_CUT);
                 if (t == 0 || t == 3)
                     assert_same_out(&k.out, in, len, f);
-                else if (t == 1 && !r->lost)
+                else if ((t == 1 || t == 4) && !r->lost)
                     assert_same_out(&k.out, want.p, want.len, f);
-                else if (t == 1)
+                else if (t == 1 || t == 4)
                     assert_true(k.out.len >= want.len && k.out.len <= s.len);
                 else
                     assert_true(r->cut || r->lost);
@@ -942,7 +1336,7 @@ static void test_failmalloc(void **state)
             str_free(&k.out);
             if (!failed) {
                 print_message("scenario %zu: %lu allocations, each failed once\n", t, f - 1);
-                assert_true(f - 1 >= 5); /* new, buffers and jansson's trees were reached */
+                assert_true(f - 1 >= min_allocs[t]); /* new, buffers (and jansson) reached */
                 break;
             }
         }
@@ -966,6 +1360,10 @@ int main(void)
         cmocka_unit_test(test_cut_escapes),
         cmocka_unit_test(test_oversized_event),
         cmocka_unit_test(test_bad_json_and_done),
+        cmocka_unit_test(test_scanner_cases),
+        cmocka_unit_test(test_scanner_identity),
+        cmocka_unit_test(test_scanner_limits),
+        cmocka_unit_test(test_scanner_mutations),
         cmocka_unit_test(test_emit_error),
         cmocka_unit_test(test_json_chat),
         cmocka_unit_test(test_json_embeddings_big),
