@@ -3,7 +3,13 @@
  *
  * Every rule mirrors a line of the scripts; when one changes, so must the
  * other (test_quota_redis.c runs both side by side).  The state is a
- * chained hash table from the Redis key name to a small tagged entry.
+ * chained hash table from the Redis key name to a small tagged entry; a
+ * lease set is itself a hash table of leases (O(1) per lease operation);
+ * settlement markers live in a second table and a queue in creation order,
+ * so they are freed as they expire without the sweep walking live ones.
+ * Entries whose key fits POOL_KEY are recycled through a bounded pool, and
+ * lease ids up to LEASE_INLINE bytes live in their slot: a steady stream
+ * of requests allocates nothing.
  *
  * Atomicity.  A call holds the one mutex from start to end, so calls are
  * serialised exactly like Redis serialises scripts.  All or nothing also
