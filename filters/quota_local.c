@@ -9,7 +9,7 @@
  * so they are freed as they expire without the sweep walking live ones.
  * Entries whose key fits POOL_KEY are recycled through a bounded pool, and
  * lease ids up to LEASE_INLINE bytes live in their slot: a steady stream
- * of requests allocates nothing.
+ * of requests allocates nothing once its first markers have expired.
  *
  * Atomicity.  A call holds the one mutex from start to end, so calls are
  * serialised exactly like Redis serialises scripts.  All or nothing also
