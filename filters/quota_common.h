@@ -29,7 +29,8 @@
  *   cpm:<month>       micro-dollars used in UTC month <month> (integer)
  *   conc              concurrency leases (sorted set: member lease id,
  *                     score expiry in ms since the epoch)
- *   settled:<lease>   settlement idempotency marker (principal base only)
+ *   settled:<lease>   settlement idempotency marker (principal base only;
+ *                     lives TG_QUOTA_SETTLED_TTL_MS)
  */
 #ifndef TG_QUOTA_COMMON_H
 #define TG_QUOTA_COMMON_H
@@ -59,7 +60,12 @@
  * exact and never matters in practice.
  */
 #define TG_QUOTA_AHEAD_MAX_US 1125899906842624ull
-#define TG_QUOTA_SETTLED_TTL_MS 86400000ull /* how long a settlement marker lives (24 h) */
+/*
+ * How long a settlement marker lives (10 min).  It only has to outlive the
+ * settlement's retries (tollgate retries a failed settlement after 250 ms,
+ * 500 ms and 1 s, then gives up); lua/settle.lua has the same constant.
+ */
+#define TG_QUOTA_SETTLED_TTL_MS 600000ull
 #define TG_QUOTA_CONC_RETRY_MS 1000ull      /* retry hint when all leases are taken */
 
 /*

@@ -33,11 +33,13 @@
  *
  * Memory: state that is back at its neutral value (a TAT in the past, a
  * counter at 0 or a day after its window ended, an empty lease set, a
- * settlement marker older than 24 h) is freed: a few hash buckets are swept
- * on every call, and tg_quota_local_sweep() sweeps them all.  Live state is
- * bounded by the active principals and tenants, plus one settlement marker
- * (about 100 bytes) per request settled in the last 24 h: the price of
- * idempotent settlement, the same as in Redis.
+ * settlement marker older than TG_QUOTA_SETTLED_TTL_MS = 10 min) is freed:
+ * every call sweeps a few hash buckets and frees the markers that expired
+ * (in creation order), and tg_quota_local_sweep() frees them all.  Live
+ * state is bounded by the active principals and tenants, their leases, plus
+ * one settlement marker (about 200 bytes) per request settled in the last
+ * 10 minutes: the price of idempotent settlement, the same as in Redis.
+ * Lease operations cost O(1) whatever the number of leases in flight.
  */
 #ifndef TG_QUOTA_LOCAL_H
 #define TG_QUOTA_LOCAL_H
@@ -71,7 +73,7 @@ int tg_quota_local_admit(struct tg_quota_local *q, uint64_t now_us,
  * cpm take actual - reserved (charged in full above the reservation,
  * refunded below it, counters never under 0), the lease is released in both
  * scopes.  Returns 1 when applied, 0 when this lease was already settled in
- * the last 24 h (nothing changes), TG_E_INVALID (tg_quota_settle_check()),
+ * the last 10 minutes (TG_QUOTA_SETTLED_TTL_MS) (nothing changes), TG_E_INVALID (tg_quota_settle_check()),
  * or TG_E_NOMEM (nothing applied, the settlement may be retried).
  * Thread-safe.
  */

@@ -47,13 +47,24 @@ The rules (the clock is Redis TIME, in microseconds):
   counter >= L (the budget is spent, even for a 0 charge) or
   counter + charge > L; retry after the window ends.  Counter keys expire
   one day after their window ends.
-- conc is a set of leases.  Expired ones are dropped first; the request
-  passes when fewer than L remain, and its lease expires at now + lifetime
-  (renew.lua extends it, settle.lua removes it).  Refused: retry after
-  min(1 s, time until the oldest lease expires), at least 1 ms.
+- conc is a set of leases.  The request passes when fewer than L live
+  leases remain, and its lease expires at now + lifetime (renew.lua extends
+  it, settle.lua removes it).  Refused: retry after min(1 s, time until the
+  oldest lease expires), at least 1 ms.  Expired leases are dropped only
+  when the set holds L or more (live + expired >= live, so a smaller set
+  has room anyway) and by renew.lua; the set's key expires with its last
+  lease (its TTL only ever moves later), so it never holds more than
+  max(L) entries and never outlives its leases.
 - Check order: principal rpm tpm tpd cpd cpm conc, then the tenant's; the
   first refusal decides, and nothing is charged.  (Dropping expired leases
   is not a charge and happens either way.)
+
+Commands (Redis CPU is per command): TIME, one MGET per scope for the
+string keys of its non-zero limits, ZCARD per conc limit (plus
+ZREMRANGEBYSCORE, ZCARD and ZRANGE only at the limit); charging: SET .. PX
+per bucket, INCRBY per counter (PEXPIREAT only when INCRBY created the key:
+a counter's expiry is a function of its name), ZADD + PEXPIREAT per lease.
+Nothing is read or written for a limit of 0.
 ]]
 
 local WINDOW = 60000000
@@ -172,18 +183,37 @@ local day_end_ms = (day + 1) * DAY_MS
 local month_end_ms = month_first_day(month + 1) * DAY_MS
 
 -- A stored TAT, clamped into [now, now + AHEAD_MAX] (a missing, corrupt or
--- past value means a full bucket).
-local function read_tat(key)
-  local v = tonumber(redis.call('GET', key))
+-- past value means a full bucket).  raw: the key's value (false if absent).
+local function read_tat(raw)
+  local v = tonumber(raw)
   if v == nil or not (v >= now) then return now end
   if v > now + AHEAD_MAX then return now + AHEAD_MAX end
   return v
 end
 
-local function read_counter(key)
-  local v = tonumber(redis.call('GET', key))
+local function read_counter(raw)
+  local v = tonumber(raw)
   if v == nil or not (v >= 0) then return 0 end
   return v
+end
+
+-- Every string key a scope's non-zero limits use, read with one MGET.
+local SUFFIX = {'rpm', 'tpm', 'tpd:' .. fmt(day), 'cpd:' .. fmt(day), 'cpm:' .. fmt(month)}
+local key, raw = {}, {}
+for s = 1, nk do
+  local names, idx = {}, {}
+  key[s], raw[s] = {}, {}
+  for i = 1, 5 do
+    if lim[s][i] > 0 then
+      key[s][i] = KEYS[s] .. SUFFIX[i]
+      names[#names + 1] = key[s][i]
+      idx[#idx + 1] = i
+    end
+  end
+  if #names > 0 then
+    local r = redis.call('MGET', unpack(names))
+    for j = 1, #idx do raw[s][idx[j]] = r[j] end
+  end
 end
 
 -- Phase 1: check in order; remember the writes.  Nothing is written here
@@ -199,8 +229,7 @@ for s = 1, nk do
       local ok, wait = true, 0
       if i == 1 or i == 2 then
         local n = (i == 1) and 1 or tokens
-        local key = base .. (i == 1 and 'rpm' or 'tpm')
-        local tat0 = read_tat(key)
+        local tat0 = read_tat(raw[s][i])
         local new = nil
         if n > 0 then
           if n > L[i] then
@@ -209,27 +238,29 @@ for s = 1, nk do
             new = tat0 + (units(n, L[i]))
             if new - now > WINDOW then ok, wait = false, ceil_ms(new - WINDOW - now) end
           end
-          if ok then writes[#writes + 1] = {'tat', key, new} end
+          if ok then writes[#writes + 1] = {'tat', key[s][i], new} end
         end
         if s == 1 then
           if i == 1 then tat_rpm, new_rpm = tat0, new else tat_tpm, new_tpm = tat0, new end
         end
       elseif i <= 5 then
         local charge = (i == 3) and tokens or cost
-        local key, wend
-        if i == 3 then key, wend = base .. 'tpd:' .. fmt(day), day_end_ms
-        elseif i == 4 then key, wend = base .. 'cpd:' .. fmt(day), day_end_ms
-        else key, wend = base .. 'cpm:' .. fmt(month), month_end_ms end
-        local c = read_counter(key)
+        local wend = (i == 5) and month_end_ms or day_end_ms
+        local c = read_counter(raw[s][i])
         if c >= L[i] or c + charge > L[i] then
           ok, wait = false, ceil_ms(wend * 1000 - now)
         elseif charge > 0 then
-          writes[#writes + 1] = {'ctr', key, charge, wend + DAY_MS}
+          writes[#writes + 1] = {'ctr', key[s][i], charge, wend + DAY_MS}
         end
       else
         local key = base .. 'conc'
-        redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now_ms))
-        if redis.call('ZCARD', key) >= L[i] then
+        -- Stored leases bound the live ones: prune only at the limit.
+        local card = redis.call('ZCARD', key)
+        if card >= L[i] then
+          redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now_ms))
+          card = redis.call('ZCARD', key)
+        end
+        if card >= L[i] then
           local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
           local e = tonumber(first[2]) or (now_ms + CONC_RETRY_MS)
           local w = e - now_ms
@@ -237,7 +268,7 @@ for s = 1, nk do
           if w < 1 then w = 1 end
           ok, wait = false, w
         else
-          writes[#writes + 1] = {'lease', key}
+          writes[#writes + 1] = {'lease', key, card == 0}
         end
       end
       if not ok then denied, retry = (s - 1) * 6 + (i - 1), wait end
@@ -251,12 +282,21 @@ if denied < 0 then
     if w[1] == 'tat' then
       redis.call('SET', w[2], fmt(w[3]), 'PX', fmt(ceil_ms(w[3] - now) + 1000))
     elseif w[1] == 'ctr' then
-      redis.call('INCRBY', w[2], fmt(w[3]))
-      redis.call('PEXPIREAT', w[2], fmt(w[4]))
+      -- The expiry only depends on the key's window: set it when INCRBY
+      -- created the key (or found it at 0, which is harmless).
+      if redis.call('INCRBY', w[2], fmt(w[3])) == w[3] then
+        redis.call('PEXPIREAT', w[2], fmt(w[4]))
+      end
     else
-      redis.call('ZADD', w[2], fmt(now_ms + ttl), lease)
-      local last = redis.call('ZRANGE', w[2], -1, -1, 'WITHSCORES')
-      redis.call('PEXPIREAT', w[2], fmt(tonumber(last[2])))
+      -- The set's key expires with its last lease: a new set gets this
+      -- lease's expiry, an existing one (which has a TTL) only a later one.
+      local e = fmt(now_ms + ttl)
+      redis.call('ZADD', w[2], e, lease)
+      if w[3] then
+        redis.call('PEXPIREAT', w[2], e)
+      else
+        redis.call('PEXPIREAT', w[2], e, 'GT')
+      end
     end
   end
 end
@@ -266,7 +306,7 @@ end
 local function report(i, tat0, new)
   local L = lim[1][i]
   if L == 0 then return -1, 0 end
-  if tat0 == nil then tat0 = read_tat(KEYS[1] .. (i == 1 and 'rpm' or 'tpm')) end
+  if tat0 == nil then tat0 = read_tat(raw[1][i]) end
   local tat = tat0
   if denied < 0 and new ~= nil then tat = new end
   local rem = remaining(tat - now, L)

@@ -15,7 +15,8 @@ ARGV (exactly 2):
 
 Reply: integer 1 when the lease was found (in either scope) and extended,
 0 when it was in neither.  Bad arguments answer "ERR tg renew: ...".
-Expired leases of both sets are dropped on the way (not a charge).
+Expired leases of both sets are dropped on the way (not a charge); with
+admit.lua pruning only at the limit, this keeps long-lived sets tidy.
 ]]
 
 local VMAX = 100000000000000
@@ -45,9 +46,11 @@ for s = 1, nk do
   local key = KEYS[s] .. 'conc'
   redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now_ms))
   if redis.call('ZSCORE', key, lease) then
-    redis.call('ZADD', key, 'XX', fmt(now_ms + ttl), lease)
-    local last = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
-    redis.call('PEXPIREAT', key, fmt(tonumber(last[2])))
+    -- The key (it exists, so it has a TTL: admit.lua) expires with its
+    -- last lease: only ever later.
+    local e = fmt(now_ms + ttl)
+    redis.call('ZADD', key, 'XX', e, lease)
+    redis.call('PEXPIREAT', key, e, 'GT')
     found = 1
   end
 end

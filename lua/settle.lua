@@ -2,15 +2,17 @@
 settle.lua - replace an admission's reservation with what was really used,
 and release its concurrency lease.  Idempotent per lease id: the first call
 applies the difference and answers 1; any later call with the same lease id
-within 24 h changes nothing and answers 0 (a retry after a Redis timeout
-never charges twice).  Call it only for admissions that were allowed.
+within SETTLED_TTL_MS (10 minutes) changes nothing and answers 0 (a retry
+after a Redis timeout never charges twice; tollgate retries after 250 ms,
+500 ms and 1 s, then gives up, so the marker only has to outlive those).  Call it only for admissions that were allowed.
 Run with EVALSHA; arguments from tg_quota_script_settle_args()
 (filters/quota_script.h); filters/quota_local.c implements the same rules.
 
 KEYS (numkeys 1 without a tenant, 2 with one), as for admit.lua:
   KEYS[1]  principal base  "<prefix>{<principal>}:"
   KEYS[2]  tenant base     "<prefix>{tenant:<tenant>}:"   (optional)
-  The marker is KEYS[1] .. "settled:" .. lease (24 h).
+  The marker is KEYS[1] .. "settled:" .. lease (SETTLED_TTL_MS, 10 min;
+  TG_QUOTA_SETTLED_TTL_MS in filters/quota_common.h).
 
 ARGV (decimal integers in 0..1e14 except the lease; 13 entries with 1 key,
 19 with 2):
@@ -39,13 +41,19 @@ For each scope and each limit that is not 0 (the clock is Redis TIME):
 - rpm: unchanged (the request happened).
 - conc: the lease is removed from both scopes' sets whatever the limits
   (a limit lowered to 0 by a reload must not strand a lease).
+
+Commands: SET NX PX for the marker (a duplicate stops there); TIME only
+when some amount changed; per scope one MGET of the keys a change must
+read (tpm, and the counters of a refund), SET per changed bucket or
+refunded counter, INCRBY per charged counter (PEXPIREAT only when it
+created the key), ZREM.
 ]]
 
 local WINDOW = 60000000
 local VMAX = 100000000000000
 local AHEAD_MAX = 1125899906842624
 local DAY_MS = 86400000
-local SETTLED_TTL_MS = 86400000
+local SETTLED_TTL_MS = 600000 -- 10 min: TG_QUOTA_SETTLED_TTL_MS
 local LEASE_MAX = 128
 
 local floor = math.floor
@@ -123,15 +131,21 @@ if not redis.call('SET', KEYS[1] .. 'settled:' .. lease, '1', 'NX', 'PX', SETTLE
   return 0
 end
 
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local now_ms = (fdiv(now, 1000))
+-- The clock, read only when some amount changes.
+local now, now_ms
+local function clock()
+  if now == nil then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+    now_ms = (fdiv(now, 1000))
+  end
+end
 local day_expire_ms = (day + 2) * DAY_MS
 local month_expire_ms = (month_first_day(month + 1) + 1) * DAY_MS
 
-local function adjust_tat(key, d, L)
-  if d == 0 then return end
-  local tat = tonumber(redis.call('GET', key))
+-- raw: the key's value as read (false when absent).
+local function adjust_tat(key, raw, d, L)
+  local tat = tonumber(raw)
   if d > 0 then
     if tat == nil or not (tat >= now) then tat = now end
     if tat > now + AHEAD_MAX then tat = now + AHEAD_MAX end
@@ -146,25 +160,52 @@ local function adjust_tat(key, d, L)
   redis.call('SET', key, fmt(tat), 'PX', fmt(ceil_ms(tat - now) + 1000))
 end
 
-local function adjust_counter(key, d, expire_ms)
-  if d == 0 or expire_ms <= now_ms then return end
-  local c = tonumber(redis.call('GET', key))
+local function adjust_counter(key, raw, d, expire_ms)
   if d > 0 then
-    redis.call('INCRBY', key, fmt(d))
-    redis.call('PEXPIREAT', key, fmt(expire_ms))
-  elseif c ~= nil then
+    -- The expiry only depends on the key's window: set it when INCRBY
+    -- created the key (or found it at 0, which is harmless).
+    if redis.call('INCRBY', key, fmt(d)) == d then
+      redis.call('PEXPIREAT', key, fmt(expire_ms))
+    end
+  else
+    local c = tonumber(raw)
+    if c == nil then return end
     c = c + d
     if not (c >= 0) then c = 0 end
     redis.call('SET', key, fmt(c), 'KEEPTTL')
   end
 end
 
+local SUFFIX = {nil, 'tpm', 'tpd:' .. fmt(day), 'cpd:' .. fmt(day), 'cpm:' .. fmt(month)}
+local delta = {nil, dtok, dtok, dcost, dcost}
+local expire = {nil, nil, day_expire_ms, day_expire_ms, month_expire_ms}
 for s = 1, nk do
   local base, L = KEYS[s], lim[s]
-  if L[2] > 0 then adjust_tat(base .. 'tpm', dtok, L[2]) end
-  if L[3] > 0 then adjust_counter(base .. 'tpd:' .. fmt(day), dtok, day_expire_ms) end
-  if L[4] > 0 then adjust_counter(base .. 'cpd:' .. fmt(day), dcost, day_expire_ms) end
-  if L[5] > 0 then adjust_counter(base .. 'cpm:' .. fmt(month), dcost, month_expire_ms) end
+  -- What changes in this scope, and which of those keys must be read.
+  local todo, names, idx, raw = {}, {}, {}, {}
+  for i = 2, 5 do
+    if L[i] > 0 and delta[i] ~= 0 then
+      clock()
+      if i == 2 or expire[i] > now_ms then
+        todo[#todo + 1] = i
+        if i == 2 or delta[i] < 0 then
+          names[#names + 1] = base .. SUFFIX[i]
+          idx[#idx + 1] = i
+        end
+      end
+    end
+  end
+  if #names > 0 then
+    local r = redis.call('MGET', unpack(names))
+    for j = 1, #idx do raw[idx[j]] = r[j] end
+  end
+  for _, i in ipairs(todo) do
+    if i == 2 then
+      adjust_tat(base .. SUFFIX[i], raw[i], delta[i], L[i])
+    else
+      adjust_counter(base .. SUFFIX[i], raw[i], delta[i], expire[i])
+    end
+  end
   redis.call('ZREM', base .. 'conc', lease)
 end
 return 1

@@ -23,6 +23,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -568,11 +569,17 @@ static void test_settle(void **state)
     assert_int_equal(tg_quota_local_settle(q, at(2025, 6, 3, 0, 0, 0), &s), 1);
     assert_int_equal(tg_quota_local_peek(q, at(2025, 6, 3, 0, 0, 0), daykey(k, sizeof(k), "{dave}:", "tpd", day), &v), 0);
 
-    /* The marker lives 24 h. */
+    /* The marker lives TG_QUOTA_SETTLED_TTL_MS (10 min). */
+    assert_int_equal(TG_QUOTA_SETTLED_TTL_MS, 600000);
     s.lease = "l7";
     assert_int_equal(tg_quota_local_settle(q, t, &s), 1);
-    assert_int_equal(tg_quota_local_settle(q, t + DAY - 1000, &s), 0);
-    assert_int_equal(tg_quota_local_settle(q, t + DAY, &s), 1);
+    assert_int_equal(tg_quota_local_peek(q, t, "{dave}:settled:l7", &v), 1);
+    assert_int_equal(tg_quota_local_settle(q, t + 10 * MIN - 1000, &s), 0);
+    assert_int_equal(tg_quota_local_peek(q, t + 10 * MIN, "{dave}:settled:l7", &v), 0);
+    assert_int_equal(tg_quota_local_settle(q, t + 10 * MIN, &s), 1);
+    /* Re-armed in place: alive another 10 min from then. */
+    assert_int_equal(tg_quota_local_settle(q, t + 20 * MIN - 1000, &s), 0);
+    assert_int_equal(tg_quota_local_settle(q, t + 20 * MIN, &s), 1);
     tg_quota_local_free(q);
 }
 
@@ -604,7 +611,7 @@ static void test_reclaim(void **state)
     /* Two minutes later the buckets are full again; leases (30 s) expired. */
     size_t left = tg_quota_local_sweep(q, t + 2 * MIN);
     assert_true(left < n);
-    /* Markers live 24 h; counters until a day after their window. */
+    /* Markers live 10 min; counters until a day after their window. */
     left = tg_quota_local_sweep(q, at(2025, 7, 3, 0, 0, 0));
     assert_int_equal(left, 0);
 
@@ -621,6 +628,157 @@ static void test_reclaim(void **state)
         (void)admit(q, t + 2 * MIN, &a); /* no limits: creates nothing */
     assert_int_equal(tg_quota_local_count(q), 0);
     tg_quota_local_free(q);
+}
+
+/* ---- many leases ---- */
+
+/* Every allocation the backend makes, live: proves memory goes back. */
+static atomic_long live_allocs;
+static void *cnt_malloc(size_t n)
+{
+    void *p = malloc(n);
+    if (p)
+        atomic_fetch_add(&live_allocs, 1);
+    return p;
+}
+static void *cnt_calloc(size_t n, size_t m)
+{
+    void *p = calloc(n, m);
+    if (p)
+        atomic_fetch_add(&live_allocs, 1);
+    return p;
+}
+static void *cnt_realloc(void *p, size_t n)
+{
+    void *r = realloc(p, n);
+    if (r && !p)
+        atomic_fetch_add(&live_allocs, 1);
+    return r;
+}
+static void cnt_free(void *p)
+{
+    if (p)
+        atomic_fetch_sub(&live_allocs, 1);
+    free(p);
+}
+static const struct tg_allocator counting = {cnt_malloc, cnt_calloc, cnt_realloc, cnt_free};
+
+#define MANY 10000
+
+static void test_many_leases(void **state)
+{
+    tg_mem_set(&counting);
+    long base_allocs = atomic_load(&live_allocs);
+    struct tg_quota_local *q = tg_quota_local_new();
+    long empty_allocs = atomic_load(&live_allocs);
+    uint64_t t = at(2025, 6, 1, 12, 0, 0);
+    static struct tg_quota_decision dec[MANY];
+    char lease[MANY][40], k[128];
+    int64_t day = tg_quota_days_from_civil(2025, 6, 1);
+
+    /* 10 000 in flight for one principal and one tenant (ids as tollgate makes them). */
+    for (int i = 0; i < MANY; i++) {
+        snprintf(lease[i], sizeof(lease[i]), "0123456789abcdef-%x", i);
+        struct tg_quota_admit a = req("alice", "acme", lease[i]);
+        a.lim[0].v[TG_QL_CONC] = MANY;
+        a.lim[1].v[TG_QL_CONC] = MANY + 1;
+        a.lim[0].v[TG_QL_TPD] = 1000000;
+        a.tokens = 10;
+        dec[i] = admit(q, t + (uint64_t)i, &a);
+        assert_true(dec[i].allowed);
+    }
+    assert_int_equal(peek(q, t + MANY, "{alice}:conc"), MANY);
+    assert_int_equal(peek(q, t + MANY, "{tenant:acme}:conc"), MANY);
+    /* At the limit: refused, retry when the first lease expires (30 s), capped at 1 s. */
+    struct tg_quota_admit x = req("alice", "acme", "one-more");
+    x.lim[0].v[TG_QL_CONC] = MANY;
+    struct tg_quota_decision d = admit(q, t + MANY, &x);
+    assert_false(d.allowed);
+    assert_int_equal(d.denied, TG_QL_CONC);
+    assert_int_equal(d.retry_after_ms, 1000);
+    d = admit(q, t + 29999 * 1000ull, &x);
+    assert_int_equal(d.retry_after_ms, 1);
+    /* The same id again is one lease (ZADD updates the score). */
+    struct tg_quota_admit again = req("bob", NULL, "dup");
+    again.lim[0].v[TG_QL_CONC] = 2;
+    assert_true(admit(q, t, &again).allowed);
+    assert_true(admit(q, t, &again).allowed);
+    assert_int_equal(peek(q, t, "{bob}:conc"), 1);
+    assert_int_equal(tg_quota_local_renew(q, t, "alice", "acme", lease[MANY / 2], 60000), 1);
+
+    /* Settle them all, in a scattered order: every lease goes, in both scopes. */
+    for (int k2 = 0; k2 < MANY; k2++) {
+        int i = (int)(((uint64_t)k2 * 7919) % MANY);
+        struct tg_quota_admit a = req("alice", "acme", lease[i]);
+        a.lim[0].v[TG_QL_CONC] = MANY;
+        a.lim[1].v[TG_QL_CONC] = MANY + 1;
+        a.lim[0].v[TG_QL_TPD] = 1000000;
+        a.tokens = 10;
+        struct tg_quota_settle s = settle_of(&a, &dec[i], 10, 0);
+        assert_int_equal(tg_quota_local_settle(q, t + MANY, &s), 1);
+        if (k2 == MANY / 2) {
+            /* Half settled: a settled lease is gone, a held one still renews. */
+            assert_int_equal(tg_quota_local_renew(q, t + MANY, "alice", NULL, lease[i], 1000), 0);
+        }
+    }
+    assert_int_equal(peek(q, t + MANY, "{alice}:conc"), 0);
+    assert_int_equal(peek(q, t + MANY, "{tenant:acme}:conc"), 0);
+    assert_int_equal(peek(q, t + MANY, daykey(k, sizeof(k), "{alice}:", "tpd", day)), 10 * MANY);
+    /* A free slot is there at once. */
+    assert_true(admit(q, t + MANY, &x).allowed);
+
+    /* Leases that are never settled expire (30 s) and their memory goes back. */
+    for (int i = 0; i < MANY; i++) {
+        struct tg_quota_admit a = req("carol", NULL, lease[i]);
+        a.lim[0].v[TG_QL_CONC] = MANY;
+        assert_true(admit(q, t, &a).allowed);
+    }
+    /* Expired ones do not count against the limit. */
+    struct tg_quota_admit c = req("carol", NULL, "late");
+    c.lim[0].v[TG_QL_CONC] = MANY;
+    assert_true(admit(q, t + 30 * SEC, &c).allowed);
+    assert_int_equal(peek(q, t + 30 * SEC, "{carol}:conc"), 1);
+
+    /* Markers expire 10 min later; then nothing is left, not even table memory. */
+    assert_int_equal(tg_quota_local_sweep(q, t + 2 * DAY), 0);
+    assert_int_equal(atomic_load(&live_allocs), empty_allocs);
+    tg_quota_local_free(q);
+    assert_int_equal(atomic_load(&live_allocs), base_allocs);
+    tg_mem_set(NULL);
+}
+
+/* Under steady traffic the amortised work alone keeps memory bounded. */
+static void test_steady_state(void **state)
+{
+    tg_mem_set(&counting);
+    struct tg_quota_local *q = tg_quota_local_new();
+    uint64_t t = at(2025, 6, 1, 12, 0, 0);
+    long peak = 0;
+    /* 256 in flight, 1000 requests a second for 30 simulated minutes. */
+    for (int i = 0; i < 30 * 60 * 1000 + 256; i++) {
+        char lease[40];
+        uint64_t now = t + (uint64_t)i * 1000;
+        snprintf(lease, sizeof(lease), "0123456789abcdef-%x", i);
+        struct tg_quota_admit a = req("alice", NULL, lease);
+        a.lim[0].v[TG_QL_RPM] = 1000000000000ull;
+        a.lim[0].v[TG_QL_CONC] = 1000000;
+        struct tg_quota_decision d = admit(q, now, &a);
+        assert_true(d.allowed);
+        if (i >= 256) {
+            snprintf(lease, sizeof(lease), "0123456789abcdef-%x", i - 256);
+            a.lease = lease;
+            struct tg_quota_settle s = settle_of(&a, &d, 0, 0);
+            assert_int_equal(tg_quota_local_settle(q, now, &s), 1);
+        }
+        if (i == 20 * 60 * 1000)
+            peak = atomic_load(&live_allocs);
+    }
+    /* About 10 min of markers (600 000) plus a few entries, not 30 min's worth. */
+    size_t n = tg_quota_local_count(q);
+    assert_true(n > 590000 && n < 610000);
+    assert_true(atomic_load(&live_allocs) < peak + 20000);
+    tg_quota_local_free(q);
+    tg_mem_set(NULL);
 }
 
 /* ---- failmalloc ---- */
@@ -762,6 +920,8 @@ int main(void)
         cmocka_unit_test(test_concurrency),
         cmocka_unit_test(test_settle),
         cmocka_unit_test(test_reclaim),
+        cmocka_unit_test(test_many_leases),
+        cmocka_unit_test(test_steady_state),
         cmocka_unit_test(test_failmalloc),
         cmocka_unit_test(test_threads),
     };

@@ -358,7 +358,10 @@ static void test_key_expiry(void **state)
     assert_int_equal(r_settle(&s), 1);
     snprintf(key, sizeof(key), "tg:{%s}:settled:lease-1", p);
     long long pttl = r_int("PTTL %s", key);
-    assert_true(pttl <= 86400000 && pttl > 86400000 - SLACK_MS);
+    /* The marker outlives the settlement retries (10 min), both backends alike. */
+    assert_int_equal(TG_QUOTA_SETTLED_TTL_MS, 600000);
+    assert_true(pttl <= (long long)TG_QUOTA_SETTLED_TTL_MS &&
+                pttl > (long long)TG_QUOTA_SETTLED_TTL_MS - SLACK_MS);
     snprintf(key, sizeof(key), "tg:{tenant:%s}:conc", t);
     assert_int_equal(r_int("EXISTS %s", key), 0); /* the last lease went, so did the set */
 }
@@ -577,6 +580,68 @@ static void test_cross_check(void **state)
     tg_quota_local_free(q);
 }
 
+/*
+ * Expired leases are pruned only at the limit (both backends), which must
+ * not change a decision; the set's key expires with its last lease.
+ */
+static void test_lazy_prune(void **state)
+{
+    char p[64], key[256];
+    uniq(p, sizeof(p), "lazy");
+    snprintf(key, sizeof(key), "tg:{%s}:conc", p);
+    struct tg_quota_local *q = tg_quota_local_new();
+    struct tg_quota_admit a = mk(p, NULL, "s1");
+    a.lim[0].v[TG_QL_CONC] = 2;
+    a.lease_ttl_ms = 100;
+    struct tg_quota_decision dl, dr;
+    uint64_t now = redis_now_us();
+    assert_int_equal(tg_quota_local_admit(q, now, &a, &dl), 0);
+    dr = r_admit(&a);
+    assert_true(dl.allowed && dr.allowed);
+    long long exp1 = r_int("PEXPIRETIME %s", key);
+    a.lease = "s2";
+    a.lease_ttl_ms = 30000;
+    assert_int_equal(tg_quota_local_admit(q, now, &a, &dl), 0);
+    dr = r_admit(&a);
+    assert_true(dl.allowed && dr.allowed);
+    long long exp2 = r_int("PEXPIRETIME %s", key);
+    assert_true(exp2 > exp1 + 20000); /* moved later with the longer lease */
+    a.lease = "s3";
+    now = redis_now_us();
+    assert_int_equal(tg_quota_local_admit(q, now, &a, &dl), 0);
+    dr = r_admit(&a);
+    assert_int_equal(dl.denied, TG_QL_CONC);
+    assert_int_equal(dr.denied, TG_QL_CONC);
+    assert_true(dl.retry_after_ms <= 100 && dr.retry_after_ms <= 100);
+    usleep(150 * 1000); /* s1 expires */
+    now = redis_now_us();
+    assert_int_equal(tg_quota_local_admit(q, now, &a, &dl), 0);
+    dr = r_admit(&a);
+    assert_true(dl.allowed && dr.allowed);
+    assert_int_equal(r_int("ZCARD %s", key), 2); /* s1 was pruned at the limit */
+    int64_t lv;
+    assert_int_equal(tg_quota_local_peek(q, now, "{lazy}:conc", &lv), 0);
+    char kl[128];
+    snprintf(kl, sizeof(kl), "{%s}:conc", p);
+    (void)tg_quota_local_peek(q, now, kl, &lv);
+    assert_int_equal(lv, 2);
+    /* A shorter lease never pulls the key's expiry earlier. */
+    a.lim[0].v[TG_QL_CONC] = 10;
+    a.lease = "s4";
+    a.lease_ttl_ms = 1000;
+    dr = r_admit(&a);
+    assert_true(dr.allowed);
+    assert_true(r_int("PEXPIRETIME %s", key) >= exp2);
+    /* Renewal: live leases only, and the key follows the latest lease. */
+    assert_int_equal(r_renew(p, NULL, "s1", 30000), 0);
+    assert_int_equal(tg_quota_local_renew(q, now, p, NULL, "s1", 30000), 0);
+    assert_int_equal(r_renew(p, NULL, "s4", 60000), 1);
+    long long exp4 = r_int("PEXPIRETIME %s", key);
+    uint64_t now_ms = redis_now_us() / 1000;
+    assert_true(exp4 > (long long)(now_ms + 60000 - SLACK_MS) && exp4 <= (long long)(now_ms + 60000));
+    tg_quota_local_free(q);
+}
+
 /* ---- argument builder and reply decoders (no Redis needed) ---- */
 
 static void test_args_exact(void **state)
@@ -769,6 +834,7 @@ int main(void)
         cmocka_unit_test(test_key_expiry),
         cmocka_unit_test(test_bad_arguments),
         cmocka_unit_test(test_cross_check),
+        cmocka_unit_test(test_lazy_prune),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
