@@ -44,6 +44,8 @@ struct str {
 
 static void str_add(struct str *s, const char *p, size_t n)
 {
+    if (n >= ((size_t)1 << 40))
+        abort(); /* never: tells -O3's overflow analysis n is bounded */
     if (s->len + n + 1 > s->cap) {
         s->cap = (s->len + n + 1) * 2;
         s->p = realloc(s->p, s->cap);
