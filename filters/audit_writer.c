@@ -39,6 +39,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -626,6 +627,8 @@ static void *writer_main(void *arg)
 {
     struct tg_audit_writer *w = arg;
     json_t *recs[BATCH_RECORDS];
+
+    prctl(PR_SET_NAME, "tg-audit", 0, 0, 0); /* per-thread CPU in /proc, top, perf */
 
     pthread_mutex_lock(&w->mu);
     for (;;) {
