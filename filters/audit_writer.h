@@ -44,14 +44,22 @@ enum tg_audit_fsync {
 
 struct tg_audit_writer;
 
+struct tg_jw;
+
 /*
- * A record built on the writer thread: the event loop queues only a copy of
- * the facts (embedding this struct), and the writer calls build() to make
- * the JSON object, then free().  Keeps jansson work off the event loops.
+ * A record made on the writer thread: the event loop queues only a copy of
+ * the facts (embedding this struct).  The writer calls emit() when it is
+ * set, else build(), and then free().  emit() appends the record's text
+ * from '{' through its last member -- "type", "ts", then "seq" (the value
+ * given), then the rest, exactly as the compact jansson dump of the same
+ * object would read -- with no "prev" and no closing brace; the writer adds
+ * ,"prev":"..."} and the hmac.  Keeps JSON work off the event loops.
  */
 struct tg_audit_lazy {
+    void (*emit)(struct tg_audit_lazy *l, struct tg_jw *j, uint64_t seq); /* or NULL */
     json_t *(*build)(struct tg_audit_lazy *l); /* new object (type/ts set), or NULL */
     void (*free)(struct tg_audit_lazy *l);     /* release the container */
+    struct tg_audit_lazy *next;                /* link while batched on a worker */
 };
 
 /* One queue slot: a ready record or a builder (internal to the writer). */
