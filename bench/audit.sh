@@ -30,6 +30,7 @@
 #   DURATION=8 WARMUP=1 ROUNDS=5   seconds per measured run, warm-up, rounds
 #   WRITER_CPU=1                   CPU for the tg-audit thread
 #   FSYNC=interval                 the audit block's fsync policy
+#   RATE=                          fixed total req/s (h2load --rps); default: full speed
 #   PROFILE=1                      one extra audit run under perf record; top symbols per thread
 #   PORT_BASE=28500, TOLLGATE_BIN, DEMO_BIN, RESULTS, KEEP_RUN_DIR=1   as in run.sh
 set -euo pipefail
@@ -40,6 +41,7 @@ DURATION=${DURATION:-8}
 WARMUP=${WARMUP:-1}
 ROUNDS=${ROUNDS:-5}
 PROFILE=${PROFILE:-0}
+RATE=${RATE:-}
 FSYNC=${FSYNC:-interval}
 PORT_BASE=${PORT_BASE:-28500}
 TOLLGATE_BIN=${TOLLGATE_BIN:-$ROOT/build/tollgate}
@@ -191,6 +193,9 @@ PIDS+=("$DEMO_PID")
 wait_ports "$DEMO_PID" "$RUN_DIR/demo.log" "$DEMO_PORT"
 
 URL=http://127.0.0.1:$TG_PORT/v1/models
+# RATE: a fixed total request rate (h2load --rps per connection), so both
+# modes do the same work per loop turn; empty: as fast as the load goes.
+[ -n "$RATE" ] && H2LOAD_EXTRA=(--rps=$(( (RATE + H2_CONNS - 1) / H2_CONNS )))
 VERIFY=
 for r in $(seq 1 "$ROUNDS"); do
     log "--- round $r/$ROUNDS"
@@ -226,7 +231,7 @@ if [ "$PROFILE" = 1 ]; then
     for th in tg-worker-0 tg-audit; do
         PROF+="### $th: top symbols (% of the thread's samples)"$'\n\n```text\n'
         PROF+=$(perf report -i "$RUN_DIR/perf.data" --comm "$th" --no-children -F overhead,dso,sym --stdio 2>/dev/null |
-            awk '!/^#/ && NF >= 3' | head -n 25)
+            awk '!/^#/ && NF >= 3' | head -n 25 || true)
         PROF+=$'\n```\n\n'
     done
 fi
@@ -266,7 +271,7 @@ done
     echo
     echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ); host: $(uname -sr), $(nproc) CPU ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo))"
     echo "- tollgate $("$TOLLGATE_BIN" --version 2>&1 | head -1); $(h2load --version 2>&1 | head -1)"
-    echo "- tollgate: workers 1, worker thread on CPU $PROXY_CPU, audit writer thread (tg-audit) on CPU $WRITER_CPU; demo upstream and h2load (h2c, -c $H2_CONNS -m $H2_STREAMS, one thread, GET /v1/models, passthrough route) on CPU $LOAD_CPU; ${DURATION} s per run after a ${WARMUP} s warm-up; $ROUNDS rounds, modes interleaved, a fresh tollgate per run"
+    echo "- tollgate: workers 1, worker thread on CPU $PROXY_CPU, audit writer thread (tg-audit) on CPU $WRITER_CPU; demo upstream and h2load (h2c, -c $H2_CONNS -m $H2_STREAMS, one thread, GET /v1/models, passthrough route$( [ -n "$RATE" ] && echo ", fixed rate $RATE req/s" || echo ", full speed")) on CPU $LOAD_CPU; ${DURATION} s per run after a ${WARMUP} s warm-up; $ROUNDS rounds, modes interleaved, a fresh tollgate per run"
     echo "- audit: fsync \"$FSYNC\" (1000 ms), file on local disk in the run directory, on_queue_full \"reject\"; $( [ -n "${A[bytes]:-}" ] && echo "${A[bytes]} bytes per line; ")round 1's file: \`tollgate audit verify\` → $VERIFY"
     echo "- CPU: utime+stime of each thread from /proc/PID/task/TID/stat (${CLK_TCK} Hz) over the measured run; worker µs/req = tg-worker-0's CPU ÷ completed requests; writer µs/record = tg-audit's CPU ÷ records written during the run (tollgate_audit_last_seq)"
     echo "- load average at end: $(cut -d' ' -f1-3 /proc/loadavg) (the machine may be shared)"

@@ -541,9 +541,94 @@ struct worker_audit {
     bool timer_init;              /* timer initialised on this loop */
     struct backlog_rec *head, *tail; /* records waiting for room */
     struct audit_ctx *waiters;    /* requests waiting at admission */
+    size_t credit;                /* writer slots promised to this worker, not yet to a request */
+    struct tg_audit_lazy *bhead, *btail; /* completed records of this loop turn, oldest first */
+    size_t bn;                    /* records in that batch (each holds a promised slot) */
+    struct tg_defer flush;        /* hands the batch to the writer when the turn's callbacks end */
+    struct tg_worker *worker;     /* the worker whose loop runs flush */
 };
 
 static _Thread_local struct worker_audit wa;
+
+/*
+ * The event loop's side of the queue, made cheap per request (bench/audit.sh):
+ * admission takes a slot from this worker's credit, refilled CREDIT_BATCH
+ * at a time under one lock (tg_audit_reserve_n, which never hands out more
+ * than half of the free slots, so near a full queue it is one at a time and
+ * "reject"/"block" behave as with a slot per request); completed records
+ * collect in a worker-local batch that one deferred call per loop turn
+ * hands to the writer under one lock with at most one wake-up.  A record
+ * waits at most until its loop turn ends (or FLUSH_AT records), and every
+ * record in the batch holds a promised slot, so it always fits.
+ */
+#define CREDIT_BATCH 32 /* slots promised per lock */
+#define CREDIT_MAX 64   /* credit above this goes back to the writer at once */
+#define FLUSH_AT 256    /* a batch this long is handed over without waiting for the turn */
+
+static bool take_slot(struct tg_audit_writer *w, const struct tg_worker *worker)
+{
+    if (!worker) /* not on a worker's loop: no thread exit gives credit back */
+        return tg_audit_reserve(w);
+    if (wa.credit) {
+        wa.credit--;
+        return true;
+    }
+    size_t got = tg_audit_reserve_n(w, CREDIT_BATCH);
+    if (!got)
+        return false;
+    wa.credit = got - 1;
+    return true;
+}
+
+static void give_slot(struct tg_audit_writer *w, const struct tg_worker *worker)
+{
+    if (!worker) {
+        tg_audit_release(w);
+        return;
+    }
+    if (++wa.credit > CREDIT_MAX) {
+        tg_audit_release_n(w, wa.credit - CREDIT_BATCH);
+        wa.credit = CREDIT_BATCH;
+    }
+}
+
+static void flush_batch(void)
+{
+    if (!wa.bhead)
+        return;
+    struct tg_audit_lazy *list = wa.bhead;
+    wa.bhead = wa.btail = NULL;
+    wa.bn = 0;
+    if (wa.worker)
+        tg_worker_cancel(wa.worker, &wa.flush);
+    tg_audit_submit_batch(tg_audit_get_writer(), list, &wa.credit);
+}
+
+static void on_flush(struct tg_defer *d)
+{
+    (void)d;
+    flush_batch();
+}
+
+/* Queue a record whose slot is promised: into this loop turn's batch. */
+static void batch_add(struct tg_worker *worker, struct tg_audit_lazy *l)
+{
+    if (!worker || uv_is_closing((uv_handle_t *)&worker->check)) {
+        tg_audit_submit_lazy(tg_audit_get_writer(), l, true);
+        return;
+    }
+    l->next = NULL;
+    if (wa.btail)
+        wa.btail->next = l;
+    else
+        wa.bhead = l;
+    wa.btail = l;
+    wa.worker = worker;
+    if (++wa.bn >= FLUSH_AT)
+        flush_batch();
+    else
+        tg_worker_defer(worker, &wa.flush, on_flush);
+}
 
 static bool backlog_flush(struct tg_audit_writer *w)
 {
@@ -573,7 +658,7 @@ static void on_tick(uv_timer_t *t)
             prev = c;
             c = c->next_wait;
         }
-        if (!tg_audit_reserve(w))
+        if (!take_slot(w, c->req->worker))
             break;
         if (prev)
             prev->next_wait = NULL;
@@ -592,6 +677,10 @@ void tg_audit_thread_exit(void)
 {
     /* The writer outlives the workers: hand it what is left, waiting if need be. */
     struct tg_audit_writer *w = tg_audit_get_writer();
+    flush_batch();
+    tg_audit_release_n(w, wa.credit);
+    wa.credit = 0;
+    wa.worker = NULL;
     /* Wait for room, but not forever: a writer whose disk stays full must not
      * hold the process; what cannot be queued in 5 s is counted as dropped. */
     uint64_t deadline = uv_hrtime() + 5000000000ull;
@@ -665,7 +754,7 @@ static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_r
     struct tg_audit_writer *w = tg_audit_get_writer();
     /* A request is admitted only with a promised slot for its record, so
      * nothing admitted can go unaudited (SPEC §7). */
-    if (!wa.waiters && tg_audit_reserve(w)) {
+    if (!wa.waiters && take_slot(w, req->worker)) {
         ctx->reserved = true;
         return TG_FILTER_CONTINUE;
     }
@@ -690,9 +779,9 @@ static void on_complete(struct tg_filter *f, struct tg_req *req)
         ctx->reserved = false;
         struct req_event *e = request_event(req);
         if (e)
-            tg_audit_submit_lazy(w, &e->lazy, true);
+            batch_add(req->worker, &e->lazy);
         else
-            tg_audit_release(w);
+            give_slot(w, req->worker);
         return;
     }
     /* Not admitted (503 audit.unavailable) or answered before admission:
@@ -713,11 +802,10 @@ static void on_complete(struct tg_filter *f, struct tg_req *req)
 
 static void on_destroy(struct tg_filter *f, struct tg_req *req)
 {
-    (void)req;
     struct audit_ctx *ctx = f->ctx;
     if (ctx->reserved) {
         ctx->reserved = false;
-        tg_audit_release(tg_audit_get_writer());
+        give_slot(tg_audit_get_writer(), req->worker);
     }
     if (!ctx->waiting)
         return;

@@ -1002,6 +1002,79 @@ bool tg_audit_reserve(struct tg_audit_writer *w)
     return ok;
 }
 
+size_t tg_audit_reserve_n(struct tg_audit_writer *w, size_t want)
+{
+    if (!w || !want)
+        return 0;
+    pthread_mutex_lock(&w->mu);
+    size_t used = w->count + w->reserved, got = 0;
+    if (!w->stopping && used < w->cap) {
+        size_t half = (w->cap - used + 1) / 2;
+        got = want < half ? want : half;
+        w->reserved += got;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return got;
+}
+
+void tg_audit_release_n(struct tg_audit_writer *w, size_t n)
+{
+    if (!w || !n)
+        return;
+    pthread_mutex_lock(&w->mu);
+    w->reserved -= n < w->reserved ? n : w->reserved;
+    pthread_cond_broadcast(&w->cv_room);
+    pthread_mutex_unlock(&w->mu);
+}
+
+size_t tg_audit_submit_batch(struct tg_audit_writer *w, struct tg_audit_lazy *list,
+                             size_t *credit)
+{
+    size_t queued = 0, dropped = 0;
+    if (!w) {
+        while (list) {
+            struct tg_audit_lazy *next = list->next;
+            list->free(list);
+            list = next;
+        }
+        return 0;
+    }
+    struct tg_audit_lazy *refused = NULL;
+    pthread_mutex_lock(&w->mu);
+    size_t count0 = w->count;
+    for (struct tg_audit_lazy *l = list, *next; l; l = next) {
+        next = l->next;
+        l->next = NULL;
+        if (w->reserved)
+            w->reserved--;
+        if (w->stopping || w->count >= w->cap) { /* the latter cannot happen with promises kept */
+            l->next = refused;
+            refused = l;
+            dropped++;
+            continue;
+        }
+        w->q[(w->head + w->count) % w->cap] = (struct tg_audit_item){NULL, l};
+        w->count++;
+        queued++;
+    }
+    w->st_dropped += dropped;
+    /* One wake-up per batch, and only when the writer sleeps or has a batch's worth. */
+    if (queued && (w->sleeping || (count0 < WAKE_BATCH && w->count >= WAKE_BATCH)))
+        pthread_cond_signal(&w->cv_work);
+    if (credit && *credit && (w->stopping || 2 * (w->count + w->reserved) > w->cap)) {
+        w->reserved -= *credit < w->reserved ? *credit : w->reserved;
+        *credit = 0;
+        pthread_cond_broadcast(&w->cv_room);
+    }
+    pthread_mutex_unlock(&w->mu);
+    while (refused) {
+        struct tg_audit_lazy *next = refused->next;
+        refused->free(refused);
+        refused = next;
+    }
+    return queued;
+}
+
 void tg_audit_release(struct tg_audit_writer *w)
 {
     if (!w)

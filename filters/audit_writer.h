@@ -101,6 +101,25 @@ bool tg_audit_submit(struct tg_audit_writer *w, json_t *rec, bool block);
  */
 bool tg_audit_reserve(struct tg_audit_writer *w);
 bool tg_audit_submit_reserved(struct tg_audit_writer *w, json_t *rec);
+/*
+ * Per-worker credit: promise up to want slots in one call (never more than
+ * half of the free ones, rounded up, so a worker's credit shrinks to one
+ * slot at a time as the queue fills and no worker can hoard what another
+ * needs).  Returns how many were promised, 0 when none is free.  Give
+ * unused ones back with tg_audit_release_n().  Thread-safe.
+ */
+size_t tg_audit_reserve_n(struct tg_audit_writer *w, size_t want);
+void tg_audit_release_n(struct tg_audit_writer *w, size_t n);
+/*
+ * Queue a list of builders (linked by next, oldest first), each using a
+ * promised slot, under one lock and with at most one wake-up of the writer.
+ * *credit is the caller's count of promised slots it still holds: when the
+ * queue is more than half full they are given back in the same lock and
+ * *credit becomes 0.  Returns the number queued; the others (only while
+ * stopping) are freed and counted as dropped.  Thread-safe.
+ */
+size_t tg_audit_submit_batch(struct tg_audit_writer *w, struct tg_audit_lazy *list,
+                             size_t *credit);
 /* Queue a builder (reserved: uses a promised slot).  false (and freed) when refused. */
 bool tg_audit_submit_lazy(struct tg_audit_writer *w, struct tg_audit_lazy *lazy, bool reserved);
 void tg_audit_release(struct tg_audit_writer *w);
