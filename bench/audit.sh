@@ -31,7 +31,8 @@
 #   WRITER_CPU=1                   CPU for the tg-audit thread
 #   FSYNC=interval                 the audit block's fsync policy
 #   RATE=                          fixed total req/s (h2load --rps); default: full speed
-#   PROFILE=1                      one extra audit run under perf record; top symbols per thread
+#   PROFILE=1                      one extra run per mode under perf record: the worker's
+#                                  symbols that grew with audit on, the writer's top symbols
 #   PORT_BASE=28500, TOLLGATE_BIN, DEMO_BIN, RESULTS, KEEP_RUN_DIR=1   as in run.sh
 set -euo pipefail
 
@@ -219,21 +220,33 @@ done
 PROF=
 if [ "$PROFILE" = 1 ]; then
     command -v perf >/dev/null 2>&1 || die "PROFILE=1 needs perf (Debian linux-perf)"
-    log "--- profiling audit (perf record -e cpu-clock)"
-    start_tollgate audit
-    perf record -q -e cpu-clock -F 4999 -p "$TG_PID" -o "$RUN_DIR/perf.data" \
-        -- sleep $((WARMUP + DURATION + 1)) >"$RUN_DIR/perf.log" 2>&1 &
-    perf_pid=$!
-    sleep 0.5
-    measure_audit audit prof
-    wait "$perf_pid" || die "perf record failed: $(tail -n 3 "$RUN_DIR/perf.log")"
-    stop_pid "$TG_PID"
-    for th in tg-worker-0 tg-audit; do
-        PROF+="### $th: top symbols (% of the thread's samples)"$'\n\n```text\n'
-        PROF+=$(perf report -i "$RUN_DIR/perf.data" --comm "$th" --no-children -F overhead,dso,sym --stdio 2>/dev/null |
-            awk '!/^#/ && NF >= 3' | head -n 25 || true)
-        PROF+=$'\n```\n\n'
+    for m in $MODES; do
+        log "--- profiling $m (perf record -e cpu-clock)"
+        start_tollgate "$m"
+        perf record -q -e cpu-clock -F 4999 -p "$TG_PID" -o "$RUN_DIR/perf-$m.data" \
+            -- sleep $((WARMUP + DURATION + 1)) >"$RUN_DIR/perf-$m.log" 2>&1 &
+        perf_pid=$!
+        sleep 0.5
+        measure_audit "$m" prof
+        wait "$perf_pid" || die "perf record failed: $(tail -n 3 "$RUN_DIR/perf-$m.log")"
+        stop_pid "$TG_PID"
+        rm -f "$RUN_DIR/audit.jsonl" "$RUN_DIR/audit.jsonl.chain"
+        # "µs/req dso symbol" for the worker thread: share of its samples x its µs/req
+        perf report -i "$RUN_DIR/perf-$m.data" --comm tg-worker-0 --no-children -F overhead,dso,sym \
+            --stdio 2>/dev/null | awk -v c="${A[$m.prof|worker]}" '!/^#/ && NF >= 4 {
+                sub(/%$/, "", $1); s = $4; for (i = 5; i <= NF; i++) s = s " " $i
+                printf "%.4f %s %s\n", $1 / 100 * c, $2, s }' >"$RUN_DIR/worker-$m.sym"
     done
+    PROF+="### tg-worker-0: symbols that grew most with audit on (µs/req; worker at ${A[noaudit.prof|rps]} vs ${A[audit.prof|rps]} req/s)"$'\n\n'
+    PROF+="| Δ | audit | noaudit | DSO | symbol |"$'\n'"| ---: | ---: | ---: | --- | --- |"$'\n'
+    PROF+=$(awk 'FNR == 1 { f++ } { k = $2 "\t" substr($0, index($0, $3)); if (f == 1) b[k] = $1; else x[k] = $1; all[k] = 1 }
+        END { for (k in all) printf "%.3f\t%.3f\t%.3f\t%s\n", x[k] - b[k], x[k], b[k], k }' \
+        "$RUN_DIR/worker-noaudit.sym" "$RUN_DIR/worker-audit.sym" | sort -t$'\t' -k1,1gr | head -n 15 |
+        awk -F'\t' '{ printf "| %.3f | %.3f | %.3f | %s | `%s` |\n", $1, $2, $3, $4, $5 }' || true)
+    PROF+=$'\n\n'"### tg-audit: top symbols (% of the thread's samples)"$'\n\n```text\n'
+    PROF+=$(perf report -i "$RUN_DIR/perf-audit.data" --comm tg-audit --percentage relative --no-children -F overhead,dso,sym --stdio 2>/dev/null |
+        awk '!/^#/ && NF >= 3' | head -n 25 || true)
+    PROF+=$'\n```\n'
 fi
 
 # ---------------------------------------------------------------- report ----

@@ -3,8 +3,11 @@
  *
  * Event loops only enqueue: tg_audit_submit() copies a record into a bounded
  * queue (mutex + condition variable; the critical section is a pointer push)
- * and returns.  One writer thread takes records in order, assigns "seq",
- * serialises each with jansson (compact, keys in insertion order), chains it
+ * and returns; workers hand over a loop turn's request records at once
+ * (tg_audit_submit_batch) and promise slots in batches (tg_audit_reserve_n).
+ * One writer thread takes records in order, assigns "seq", serialises each
+ * (request records: the text emitter of audit_json.h, which writes the bytes
+ * jansson would; other records: jansson, compact, keys in insertion order), chains it
  * with HMAC-SHA256 ("prev" = previous line's "hmac", the very first "prev" is
  * 64 zeros), appends the lines with write(2) on an O_APPEND descriptor in
  * batches, and fsyncs per policy (always: before the batch is acknowledged;
