@@ -216,9 +216,9 @@ struct req_event {
     uint64_t id;                /* internal request id */
     uint64_t config_version;    /* pinned snapshot version */
     uint64_t bytes_in, bytes_out;
-    uint64_t total_ns;          /* head parsed to completion */
-    uint64_t first_byte_ns;     /* to the upstream's response head (has_first_byte) */
-    bool has_first_byte;        /* an upstream response head arrived */
+    uint64_t total_ns;      /* head parsed to completion */
+    uint64_t first_byte_ns; /* to the upstream's response head (has_first_byte) */
+    bool has_first_byte;    /* an upstream response head arrived */
     const char *tls, *protocol, *auth_method, *reason; /* static strings or NULL */
     int status, stream, client_port;
     bool denied;
@@ -295,9 +295,9 @@ static json_t *build_request(struct tg_audit_lazy *l)
     json_t *t = json_object();
     json_object_set_new(t, "total", json_real((double)e->total_ns / 1e6));
     json_object_set_new(t, "quota", u->quota_ms >= 0 ? json_real(u->quota_ms) : json_null());
-    json_object_set_new(t, "upstream_first_byte", e->has_first_byte
-                                                      ? json_real((double)e->first_byte_ns / 1e6)
-                                                      : json_null());
+    json_object_set_new(t, "upstream_first_byte",
+                        e->has_first_byte ? json_real((double)e->first_byte_ns / 1e6)
+                                          : json_null());
     json_object_set_new(r, "timing_ms", t);
     return r;
 }
@@ -543,9 +543,9 @@ struct worker_audit {
     struct audit_ctx *waiters;    /* requests waiting at admission */
     size_t credit;                /* writer slots promised to this worker, not yet to a request */
     struct tg_audit_lazy *bhead, *btail; /* completed records of this loop turn, oldest first */
-    size_t bn;                    /* records in that batch (each holds a promised slot) */
-    struct tg_defer flush;        /* hands the batch to the writer when the turn's callbacks end */
-    struct tg_worker *worker;     /* the worker whose loop runs flush */
+    size_t bn;                           /* records in that batch (each holds a promised slot) */
+    struct tg_defer flush;    /* hands the batch to the writer when the turn's callbacks end */
+    struct tg_worker *worker; /* the worker whose loop runs flush */
 };
 
 static _Thread_local struct worker_audit wa;

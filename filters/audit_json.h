@@ -31,11 +31,11 @@
 
 /* An output buffer: base[0..len) is written; it may be moved by a grow. */
 struct tg_jw {
-    char *base;  /* heap storage (tg_mem_*), may be NULL when cap is 0 */
-    size_t len;  /* bytes written */
-    size_t cap;  /* bytes allocated */
-    size_t max;  /* ceiling for len: passing it sets failed and too_long */
-    bool failed; /* an append failed (out of memory or past max); sticky */
+    char *base;    /* heap storage (tg_mem_*), may be NULL when cap is 0 */
+    size_t len;    /* bytes written */
+    size_t cap;    /* bytes allocated */
+    size_t max;    /* ceiling for len: passing it sets failed and too_long */
+    bool failed;   /* an append failed (out of memory or past max); sticky */
     bool too_long; /* the failure was passing max */
 };
 

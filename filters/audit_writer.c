@@ -474,7 +474,9 @@ static enum fmt_status format_emit(struct tg_audit_writer *w, struct tg_audit_la
 {
     uint64_t seq = w->seq + 1;
     size_t start = w->blen;
-    struct tg_jw j = {.base = w->batch, .len = w->blen, .cap = w->bcap,
+    struct tg_jw j = {.base = w->batch,
+                      .len = w->blen,
+                      .cap = w->bcap,
                       .max = start + TG_AUDIT_LINE_MAX - SUFFIX_LEN};
     l->emit(l, &j, seq);
     TG_JW_LIT(&j, ",\"prev\":\"");
@@ -484,8 +486,10 @@ static enum fmt_status format_emit(struct tg_audit_writer *w, struct tg_audit_la
     w->bcap = j.cap;
     w->blen = j.failed ? start : j.len;
     if (j.too_long) {
-        tg_log_error(MOD, "%s: a record could not be kept under the 1 MiB line limit and was "
-                          "dropped", w->path);
+        tg_log_error(MOD,
+                     "%s: a record could not be kept under the 1 MiB line limit and was "
+                     "dropped",
+                     w->path);
         return FMT_DROP;
     }
     if (j.failed || finish_line(w, start, seq) != 0) {
@@ -783,8 +787,8 @@ static void *writer_main(void *arg)
              * Emitting builders stay in their slots until formatted, so a
              * stop that gives up frees them with the rest of the queue. */
             while (taken < n && w->blen < BATCH_BYTES) {
-                enum fmt_status st = lazies[taken] ? format_emit(w, lazies[taken])
-                                                   : format_one(w, recs[taken]);
+                enum fmt_status st =
+                    lazies[taken] ? format_emit(w, lazies[taken]) : format_one(w, recs[taken]);
                 if (st == FMT_RETRY) {
                     retry = true;
                     break;
@@ -1027,8 +1031,7 @@ void tg_audit_release_n(struct tg_audit_writer *w, size_t n)
     pthread_mutex_unlock(&w->mu);
 }
 
-size_t tg_audit_submit_batch(struct tg_audit_writer *w, struct tg_audit_lazy *list,
-                             size_t *credit)
+size_t tg_audit_submit_batch(struct tg_audit_writer *w, struct tg_audit_lazy *list, size_t *credit)
 {
     size_t queued = 0, dropped = 0;
     if (!w) {

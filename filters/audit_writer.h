@@ -121,8 +121,7 @@ void tg_audit_release_n(struct tg_audit_writer *w, size_t n);
  * *credit becomes 0.  Returns the number queued; the others (only while
  * stopping) are freed and counted as dropped.  Thread-safe.
  */
-size_t tg_audit_submit_batch(struct tg_audit_writer *w, struct tg_audit_lazy *list,
-                             size_t *credit);
+size_t tg_audit_submit_batch(struct tg_audit_writer *w, struct tg_audit_lazy *list, size_t *credit);
 /* Queue a builder (reserved: uses a promised slot).  false (and freed) when refused. */
 bool tg_audit_submit_lazy(struct tg_audit_writer *w, struct tg_audit_lazy *lazy, bool reserved);
 void tg_audit_release(struct tg_audit_writer *w);

@@ -68,9 +68,20 @@ static void test_strings_match_jansson(void **state)
 {
     (void)state;
     static const char *const cases[] = {
-        "", "plain", "with \"quotes\"", "back\\slash", "\b\f\n\r\t", "\x01\x02\x1f", "\x7f",
-        "a/b", "caf\xc3\xa9", "\xe2\x82\xac 5", "\xf0\x9d\x84\x9e", "\xef\xbf\xbd",
-        "/v1/chat/completions", "mixed \x1b[31m \xe4\xb8\xad\xe6\x96\x87 \" \\ \x7f end",
+        "",
+        "plain",
+        "with \"quotes\"",
+        "back\\slash",
+        "\b\f\n\r\t",
+        "\x01\x02\x1f",
+        "\x7f",
+        "a/b",
+        "caf\xc3\xa9",
+        "\xe2\x82\xac 5",
+        "\xf0\x9d\x84\x9e",
+        "\xef\xbf\xbd",
+        "/v1/chat/completions",
+        "mixed \x1b[31m \xe4\xb8\xad\xe6\x96\x87 \" \\ \x7f end",
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct tg_jw j = jw_new();
@@ -95,13 +106,13 @@ static void test_invalid_utf8_is_repaired(void **state)
         const char *want;
     } cases[] = {
         {"\xff", 1, "\"\\ufffd\""},
-        {"a\xc3", 2, "\"a\\ufffd\""},                   /* cut before its continuation */
-        {"\xe2\x82", 2, "\"\\ufffd\\ufffd\""},          /* cut 3-byte sequence */
-        {"\xc0\xaf", 2, "\"\\ufffd\\ufffd\""},          /* overlong '/' */
+        {"a\xc3", 2, "\"a\\ufffd\""},                     /* cut before its continuation */
+        {"\xe2\x82", 2, "\"\\ufffd\\ufffd\""},            /* cut 3-byte sequence */
+        {"\xc0\xaf", 2, "\"\\ufffd\\ufffd\""},            /* overlong '/' */
         {"\xe0\x80\xaf", 3, "\"\\ufffd\\ufffd\\ufffd\""}, /* overlong, 3 bytes */
         {"\xed\xa0\x80", 3, "\"\\ufffd\\ufffd\\ufffd\""}, /* a surrogate */
         {"\xf4\x90\x80\x80", 4, "\"\\ufffd\\ufffd\\ufffd\\ufffd\""}, /* above U+10FFFF */
-        {"\x80x", 2, "\"\\ufffdx\""},                   /* a lone continuation byte */
+        {"\x80x", 2, "\"\\ufffdx\""},                                /* a lone continuation byte */
         {"ok\xc3\xa9\xfe\"", 6, "\"ok\xc3\xa9\\ufffd\\\"\""},
         {"nul\0in", 6, "\"nul\\u0000in\""},
     };
@@ -125,8 +136,8 @@ static void test_invalid_utf8_is_repaired(void **state)
 static void test_integers_match_jansson(void **state)
 {
     (void)state;
-    static const int64_t cases[] = {0, 1, -1, 9, 10, 42, 65535, 1000000, -123456789,
-                                    INT64_MAX, INT64_MIN, INT64_MIN + 1};
+    static const int64_t cases[] = {
+        0, 1, -1, 9, 10, 42, 65535, 1000000, -123456789, INT64_MAX, INT64_MIN, INT64_MIN + 1};
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct tg_jw j = jw_new();
         tg_jw_int(&j, cases[i]);
@@ -140,10 +151,11 @@ static void test_integers_match_jansson(void **state)
 static void test_reals_match_jansson(void **state)
 {
     (void)state;
-    static const double cases[] = {0.0, -0.0, 1.0, 2.0, 10.0, 100.0, 1e15, 1e16, 1e17, 1e21,
-                                   0.5, 0.1, 0.2, 1.35, 41.7, 0.000316, 2.8e-05, 1e-4, 9.9e-5,
-                                   1e-7, 123456789.123456, 1.0 / 3.0, 2.0 / 3.0, -2.5,
-                                   DBL_MAX, DBL_MIN, 5e-324, 1234567890123456789.0};
+    static const double cases[] = {
+        0.0,       -0.0,      1.0,     2.0,     10.0,    100.0,  1e15,
+        1e16,      1e17,      1e21,    0.5,     0.1,     0.2,    1.35,
+        41.7,      0.000316,  2.8e-05, 1e-4,    9.9e-5,  1e-7,   123456789.123456,
+        1.0 / 3.0, 2.0 / 3.0, -2.5,    DBL_MAX, DBL_MIN, 5e-324, 1234567890123456789.0};
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct tg_jw j = jw_new();
         tg_jw_real(&j, cases[i]);
@@ -174,9 +186,24 @@ static void check_micro(uint64_t n)
 static void test_micro_matches_jansson(void **state)
 {
     (void)state;
-    static const uint64_t edges[] = {0, 1, 28, 99, 100, 101, 316, 1000, 999999, 1000000,
-                                     1000001, 1350000, 41700000, 10000000, 123456789012345,
-                                     999999999999999, 1000000000000000, 1000000000000001,
+    static const uint64_t edges[] = {0,
+                                     1,
+                                     28,
+                                     99,
+                                     100,
+                                     101,
+                                     316,
+                                     1000,
+                                     999999,
+                                     1000000,
+                                     1000001,
+                                     1350000,
+                                     41700000,
+                                     10000000,
+                                     123456789012345,
+                                     999999999999999,
+                                     1000000000000000,
+                                     1000000000000001,
                                      18446744073709551615ull};
     for (size_t i = 0; i < sizeof(edges) / sizeof(edges[0]); i++)
         check_micro(edges[i]);
@@ -266,36 +293,88 @@ static void test_request_record_matches_jansson(void **state)
         /* an allowed chat request with usage, cost and a quota round trip */
         {.str = {"a30c1e123364013c0000000000000003", "127.0.0.1", "POST", "/v1/chat/completions",
                  "/v1/", "std-1", "team-a", "acme", "standard", "demo-model", "127.0.0.1:41675"},
-         .auth_method = "api_key", .status = 200, .stream = 0, .port = 42068, .proto = 0,
-         .id = 4, .cfgv = 1, .in = 106, .out = 288, .total_ns = 1350000, .first_ns = 1200000,
+         .auth_method = "api_key",
+         .status = 200,
+         .stream = 0,
+         .port = 42068,
+         .proto = 0,
+         .id = 4,
+         .cfgv = 1,
+         .in = 106,
+         .out = 288,
+         .total_ns = 1350000,
+         .first_ns = 1200000,
          .first = true,
-         .usage = {.source = 1, .prompt_tokens = 12, .completion_tokens = 16, .cost = 28,
+         .usage = {.source = 1,
+                   .prompt_tokens = 12,
+                   .completion_tokens = 16,
+                   .cost = 28,
                    .quota_ms = 0.21}},
         /* a passthrough GET over h2c: no auth block, no usage */
-        {.str = {"x", "::1", "GET", "/v1/models", "/", NULL, NULL, NULL, NULL, NULL,
-                 "[::1]:8000"},
-         .status = 200, .stream = -1, .port = 1, .proto = 2, .id = 1, .cfgv = 7, .in = 0,
-         .out = 0, .total_ns = 87654, .first_ns = 50000, .first = true,
+        {.str = {"x", "::1", "GET", "/v1/models", "/", NULL, NULL, NULL, NULL, NULL, "[::1]:8000"},
+         .status = 200,
+         .stream = -1,
+         .port = 1,
+         .proto = 2,
+         .id = 1,
+         .cfgv = 7,
+         .in = 0,
+         .out = 0,
+         .total_ns = 87654,
+         .first_ns = 50000,
+         .first = true,
          .usage = {.source = 0, .quota_ms = -1}},
         /* a denial before routing: nulls everywhere, deny */
         {.str = {NULL, "203.0.113.7", "POST", "/x", NULL, NULL, NULL, NULL, NULL, NULL, NULL},
-         .tls = "TLSv1.3", .reason = "audit.unavailable", .status = 503, .stream = -1,
-         .port = 65535, .proto = 1, .denied = true, .id = 18446744073709551615ull, .cfgv = 2,
-         .in = 0, .out = 120, .total_ns = 0, .usage = {.source = 0, .quota_ms = -1}},
+         .tls = "TLSv1.3",
+         .reason = "audit.unavailable",
+         .status = 503,
+         .stream = -1,
+         .port = 65535,
+         .proto = 1,
+         .denied = true,
+         .id = 18446744073709551615ull,
+         .cfgv = 2,
+         .in = 0,
+         .out = 120,
+         .total_ns = 0,
+         .usage = {.source = 0, .quota_ms = -1}},
         /* a JWT caller with null key_id and tenant, a cut stream, degraded, observed usage */
         {.str = {"req-\"quoted\"", "10.0.0.1", "POST", "/v1/chat/completions", "/v1/", NULL,
                  "user@example.com", NULL, "gold", "caf\xc3\xa9-model", "10.0.0.2:80"},
-         .auth_method = "jwt", .reason = "stream.cut", .status = 200, .stream = 1, .port = 5,
-         .proto = 1, .id = 99, .cfgv = 3, .in = 4096, .out = 123456789,
-         .total_ns = 1834200000, .first_ns = 41700000, .first = true,
-         .usage = {.source = 2, .prompt_tokens = 812, .completion_tokens = 256, .cost = 316,
-                   .degraded = true, .quota_ms = 12.345678}},
+         .auth_method = "jwt",
+         .reason = "stream.cut",
+         .status = 200,
+         .stream = 1,
+         .port = 5,
+         .proto = 1,
+         .id = 99,
+         .cfgv = 3,
+         .in = 4096,
+         .out = 123456789,
+         .total_ns = 1834200000,
+         .first_ns = 41700000,
+         .first = true,
+         .usage = {.source = 2,
+                   .prompt_tokens = 812,
+                   .completion_tokens = 256,
+                   .cost = 316,
+                   .degraded = true,
+                   .quota_ms = 12.345678}},
         /* an integral total and cost, zero cost, no first byte */
         {.str = {"r", "127.0.0.1", "GET", "/a\tb", "/", "k", "p", "t", "pol", "m", NULL},
-         .auth_method = "mtls", .reason = "upstream.timeout", .status = 504, .stream = 0,
-         .port = 80, .proto = 0, .id = 2, .cfgv = 1, .total_ns = 5000000000, .first = false,
-         .usage = {.source = 1, .prompt_tokens = 0, .completion_tokens = 0, .cost = 0,
-                   .quota_ms = 0}},
+         .auth_method = "mtls",
+         .reason = "upstream.timeout",
+         .status = 504,
+         .stream = 0,
+         .port = 80,
+         .proto = 0,
+         .id = 2,
+         .cfgv = 1,
+         .total_ns = 5000000000,
+         .first = false,
+         .usage =
+             {.source = 1, .prompt_tokens = 0, .completion_tokens = 0, .cost = 0, .quota_ms = 0}},
     };
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
         struct req_event *e = make_event(&cases[i]);
