@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include "config/config.h"
+#include "filters/audit_json.h"
 #include "filters/audit_writer.h"
 #include "filters/filters.h"
 #include "proxy/buf.h"
@@ -194,9 +195,9 @@ void tg_audit_raw_request(struct tg_worker *worker, const struct tg_config *cfg,
     enqueue_unreserved(worker, cfg, r);
 }
 
-static double ms_between(uint64_t from_ns, uint64_t to_ns)
+static uint64_t ns_between(uint64_t from_ns, uint64_t to_ns)
 {
-    return to_ns > from_ns ? (double)(to_ns - from_ns) / 1e6 : 0.0;
+    return to_ns > from_ns ? to_ns - from_ns : 0;
 }
 
 /*
@@ -215,7 +216,9 @@ struct req_event {
     uint64_t id;                /* internal request id */
     uint64_t config_version;    /* pinned snapshot version */
     uint64_t bytes_in, bytes_out;
-    double total_ms, first_byte_ms; /* first_byte_ms < 0: none */
+    uint64_t total_ns;      /* head parsed to completion */
+    uint64_t first_byte_ns; /* to the upstream's response head (has_first_byte) */
+    bool has_first_byte;    /* an upstream response head arrived */
     const char *tls, *protocol, *auth_method, *reason; /* static strings or NULL */
     int status, stream, client_port;
     bool denied;
@@ -290,12 +293,147 @@ static json_t *build_request(struct tg_audit_lazy *l)
     json_object_set_new(bytes, "out", json_integer((json_int_t)e->bytes_out));
     json_object_set_new(r, "bytes", bytes);
     json_t *t = json_object();
-    json_object_set_new(t, "total", json_real(e->total_ms));
+    json_object_set_new(t, "total", json_real((double)e->total_ns / 1e6));
     json_object_set_new(t, "quota", u->quota_ms >= 0 ? json_real(u->quota_ms) : json_null());
     json_object_set_new(t, "upstream_first_byte",
-                        e->first_byte_ms >= 0 ? json_real(e->first_byte_ms) : json_null());
+                        e->has_first_byte ? json_real((double)e->first_byte_ns / 1e6)
+                                          : json_null());
     json_object_set_new(r, "timing_ms", t);
     return r;
+}
+
+/* "YYYY-MM-DDTHH:MM:SS.ffffffZ" (27 bytes) of tv; the date and time part is
+ * cached per second (this runs on the writer thread only). */
+static void format_ts(const struct timeval *tv, char out[27])
+{
+    static _Thread_local time_t cached_sec = (time_t)-1;
+    static _Thread_local char cached[20];
+    if (tv->tv_sec != cached_sec) {
+        struct tm tm;
+        gmtime_r(&tv->tv_sec, &tm);
+        char buf[64];
+        snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d", tm.tm_year + 1900,
+                 tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
+        memcpy(cached, buf, 19);
+        cached_sec = tv->tv_sec;
+    }
+    memcpy(out, cached, 19);
+    out[19] = '.';
+    unsigned long us = (unsigned long)tv->tv_usec % 1000000u;
+    for (int i = 25; i >= 20; i--) {
+        out[i] = (char)('0' + us % 10);
+        us /= 10;
+    }
+    out[26] = 'Z';
+}
+
+static void emit_str(struct tg_jw *j, const struct req_event *e, enum ev_str k)
+{
+    tg_jw_cstr(j, e->str[k]);
+}
+
+/*
+ * The request record as text: the same members, order and types as
+ * build_request() (tests/unit/test_audit_json.c compares the two byte for
+ * byte), written straight into the writer's batch.
+ */
+static void emit_request(struct tg_audit_lazy *l, struct tg_jw *j, uint64_t seq)
+{
+    const struct req_event *e = (const struct req_event *)l;
+    const struct tg_req_usage *u = &e->usage;
+    static const char *const sources[] = {"none", "upstream", "observed"};
+    bool counted = u->source == 1 || u->source == 2;
+    char ts[27];
+    format_ts(&e->tv, ts);
+    TG_JW_LIT(j, "{\"type\":\"request\",\"ts\":\"");
+    tg_jw_raw(j, ts, sizeof(ts));
+    TG_JW_LIT(j, "\",\"seq\":");
+    tg_jw_int(j, (int64_t)seq);
+    TG_JW_LIT(j, ",\"request_id\":");
+    emit_str(j, e, EV_REQUEST_ID);
+    TG_JW_LIT(j, ",\"id\":");
+    tg_jw_int(j, (int64_t)e->id);
+    TG_JW_LIT(j, ",\"client\":{\"ip\":");
+    emit_str(j, e, EV_IP);
+    TG_JW_LIT(j, ",\"port\":");
+    tg_jw_int(j, e->client_port);
+    TG_JW_LIT(j, "},\"tls\":");
+    tg_jw_cstr(j, e->tls);
+    TG_JW_LIT(j, ",\"protocol\":");
+    tg_jw_cstr(j, e->protocol);
+    TG_JW_LIT(j, ",\"method\":");
+    emit_str(j, e, EV_METHOD);
+    TG_JW_LIT(j, ",\"path\":");
+    emit_str(j, e, EV_PATH);
+    TG_JW_LIT(j, ",\"route\":");
+    emit_str(j, e, EV_ROUTE);
+    TG_JW_LIT(j, ",\"config_version\":");
+    tg_jw_int(j, (int64_t)e->config_version);
+    if (e->auth_method) {
+        TG_JW_LIT(j, ",\"auth\":{\"method\":");
+        tg_jw_cstr(j, e->auth_method);
+        TG_JW_LIT(j, ",\"key_id\":");
+        emit_str(j, e, EV_KEY_ID);
+        TG_JW_LIT(j, ",\"principal\":");
+        emit_str(j, e, EV_PRINCIPAL);
+        TG_JW_LIT(j, ",\"tenant\":");
+        emit_str(j, e, EV_TENANT);
+        TG_JW_LIT(j, ",\"policy\":");
+        emit_str(j, e, EV_POLICY);
+        TG_JW_LIT(j, "}");
+    } else {
+        TG_JW_LIT(j, ",\"auth\":null");
+    }
+    TG_JW_LIT(j, ",\"model\":");
+    emit_str(j, e, EV_MODEL);
+    if (e->stream < 0)
+        TG_JW_LIT(j, ",\"stream\":null");
+    else if (e->stream)
+        TG_JW_LIT(j, ",\"stream\":true");
+    else
+        TG_JW_LIT(j, ",\"stream\":false");
+    if (e->denied)
+        TG_JW_LIT(j, ",\"decision\":\"deny\",\"reason\":");
+    else
+        TG_JW_LIT(j, ",\"decision\":\"allow\",\"reason\":");
+    tg_jw_cstr(j, e->reason);
+    TG_JW_LIT(j, ",\"status\":");
+    tg_jw_int(j, e->status);
+    TG_JW_LIT(j, ",\"upstream\":");
+    emit_str(j, e, EV_UPSTREAM);
+    if (counted) {
+        TG_JW_LIT(j, ",\"usage\":{\"prompt_tokens\":");
+        tg_jw_int(j, (int64_t)u->prompt_tokens);
+        TG_JW_LIT(j, ",\"completion_tokens\":");
+        tg_jw_int(j, (int64_t)u->completion_tokens);
+        TG_JW_LIT(j, ",\"source\":");
+        tg_jw_cstr(j, sources[u->source]);
+        /* Micro-dollars are exact; the record shows dollars (SPEC §3). */
+        TG_JW_LIT(j, "},\"cost\":");
+        tg_jw_micro(j, u->cost);
+    } else {
+        TG_JW_LIT(j, ",\"usage\":{\"prompt_tokens\":null,\"completion_tokens\":null,"
+                     "\"source\":\"none\"},\"cost\":null");
+    }
+    if (u->degraded)
+        TG_JW_LIT(j, ",\"degraded\":true");
+    TG_JW_LIT(j, ",\"bytes\":{\"in\":");
+    tg_jw_int(j, (int64_t)e->bytes_in);
+    TG_JW_LIT(j, ",\"out\":");
+    tg_jw_int(j, (int64_t)e->bytes_out);
+    TG_JW_LIT(j, "},\"timing_ms\":{\"total\":");
+    tg_jw_micro(j, e->total_ns);
+    TG_JW_LIT(j, ",\"quota\":");
+    if (u->quota_ms >= 0)
+        tg_jw_real(j, u->quota_ms);
+    else
+        TG_JW_LIT(j, "null");
+    TG_JW_LIT(j, ",\"upstream_first_byte\":");
+    if (e->has_first_byte)
+        tg_jw_micro(j, e->first_byte_ns);
+    else
+        TG_JW_LIT(j, "null");
+    TG_JW_LIT(j, "}");
 }
 
 static void free_event(struct tg_audit_lazy *l)
@@ -353,18 +491,20 @@ static struct req_event *request_event(struct tg_req *req)
         e->str[i] = p;
         p += v[i].len + 1;
     }
+    e->lazy.emit = emit_request;
     e->lazy.build = build_request;
     e->lazy.free = free_event;
+    e->lazy.next = NULL;
     gettimeofday(&e->tv, NULL);
     e->id = req->id;
     e->config_version = req->cfg->version;
     e->bytes_in = req->body_received;
     e->bytes_out = req->bytes_out;
     uint64_t now = uv_hrtime();
-    e->total_ms = ms_between(req->start_ns, now);
-    e->first_byte_ms = req->upstream_first_byte_ns
-                           ? ms_between(req->start_ns, req->upstream_first_byte_ns)
-                           : -1.0;
+    e->total_ns = ns_between(req->start_ns, now);
+    e->has_first_byte = req->upstream_first_byte_ns != 0;
+    e->first_byte_ns =
+        e->has_first_byte ? ns_between(req->start_ns, req->upstream_first_byte_ns) : 0;
     e->tls = req->tls_version;
     e->protocol = protos[req->proto];
     e->auth_method = id->method;
@@ -401,9 +541,94 @@ struct worker_audit {
     bool timer_init;              /* timer initialised on this loop */
     struct backlog_rec *head, *tail; /* records waiting for room */
     struct audit_ctx *waiters;    /* requests waiting at admission */
+    size_t credit;                /* writer slots promised to this worker, not yet to a request */
+    struct tg_audit_lazy *bhead, *btail; /* completed records of this loop turn, oldest first */
+    size_t bn;                           /* records in that batch (each holds a promised slot) */
+    struct tg_defer flush;    /* hands the batch to the writer when the turn's callbacks end */
+    struct tg_worker *worker; /* the worker whose loop runs flush */
 };
 
 static _Thread_local struct worker_audit wa;
+
+/*
+ * The event loop's side of the queue, made cheap per request (bench/audit.sh):
+ * admission takes a slot from this worker's credit, refilled CREDIT_BATCH
+ * at a time under one lock (tg_audit_reserve_n, which never hands out more
+ * than half of the free slots, so near a full queue it is one at a time and
+ * "reject"/"block" behave as with a slot per request); completed records
+ * collect in a worker-local batch that one deferred call per loop turn
+ * hands to the writer under one lock with at most one wake-up.  A record
+ * waits at most until its loop turn ends (or FLUSH_AT records), and every
+ * record in the batch holds a promised slot, so it always fits.
+ */
+#define CREDIT_BATCH 32 /* slots promised per lock */
+#define CREDIT_MAX 64   /* credit above this goes back to the writer at once */
+#define FLUSH_AT 256    /* a batch this long is handed over without waiting for the turn */
+
+static bool take_slot(struct tg_audit_writer *w, const struct tg_worker *worker)
+{
+    if (!worker) /* not on a worker's loop: no thread exit gives credit back */
+        return tg_audit_reserve(w);
+    if (wa.credit) {
+        wa.credit--;
+        return true;
+    }
+    size_t got = tg_audit_reserve_n(w, CREDIT_BATCH);
+    if (!got)
+        return false;
+    wa.credit = got - 1;
+    return true;
+}
+
+static void give_slot(struct tg_audit_writer *w, const struct tg_worker *worker)
+{
+    if (!worker) {
+        tg_audit_release(w);
+        return;
+    }
+    if (++wa.credit > CREDIT_MAX) {
+        tg_audit_release_n(w, wa.credit - CREDIT_BATCH);
+        wa.credit = CREDIT_BATCH;
+    }
+}
+
+static void flush_batch(void)
+{
+    if (!wa.bhead)
+        return;
+    struct tg_audit_lazy *list = wa.bhead;
+    wa.bhead = wa.btail = NULL;
+    wa.bn = 0;
+    if (wa.worker)
+        tg_worker_cancel(wa.worker, &wa.flush);
+    tg_audit_submit_batch(tg_audit_get_writer(), list, &wa.credit);
+}
+
+static void on_flush(struct tg_defer *d)
+{
+    (void)d;
+    flush_batch();
+}
+
+/* Queue a record whose slot is promised: into this loop turn's batch. */
+static void batch_add(struct tg_worker *worker, struct tg_audit_lazy *l)
+{
+    if (!worker || uv_is_closing((uv_handle_t *)&worker->check)) {
+        tg_audit_submit_lazy(tg_audit_get_writer(), l, true);
+        return;
+    }
+    l->next = NULL;
+    if (wa.btail)
+        wa.btail->next = l;
+    else
+        wa.bhead = l;
+    wa.btail = l;
+    wa.worker = worker;
+    if (++wa.bn >= FLUSH_AT)
+        flush_batch();
+    else
+        tg_worker_defer(worker, &wa.flush, on_flush);
+}
 
 static bool backlog_flush(struct tg_audit_writer *w)
 {
@@ -433,7 +658,7 @@ static void on_tick(uv_timer_t *t)
             prev = c;
             c = c->next_wait;
         }
-        if (!tg_audit_reserve(w))
+        if (!take_slot(w, c->req->worker))
             break;
         if (prev)
             prev->next_wait = NULL;
@@ -452,6 +677,10 @@ void tg_audit_thread_exit(void)
 {
     /* The writer outlives the workers: hand it what is left, waiting if need be. */
     struct tg_audit_writer *w = tg_audit_get_writer();
+    flush_batch();
+    tg_audit_release_n(w, wa.credit);
+    wa.credit = 0;
+    wa.worker = NULL;
     /* Wait for room, but not forever: a writer whose disk stays full must not
      * hold the process; what cannot be queued in 5 s is counted as dropped. */
     uint64_t deadline = uv_hrtime() + 5000000000ull;
@@ -525,7 +754,7 @@ static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_r
     struct tg_audit_writer *w = tg_audit_get_writer();
     /* A request is admitted only with a promised slot for its record, so
      * nothing admitted can go unaudited (SPEC §7). */
-    if (!wa.waiters && tg_audit_reserve(w)) {
+    if (!wa.waiters && take_slot(w, req->worker)) {
         ctx->reserved = true;
         return TG_FILTER_CONTINUE;
     }
@@ -550,9 +779,9 @@ static void on_complete(struct tg_filter *f, struct tg_req *req)
         ctx->reserved = false;
         struct req_event *e = request_event(req);
         if (e)
-            tg_audit_submit_lazy(w, &e->lazy, true);
+            batch_add(req->worker, &e->lazy);
         else
-            tg_audit_release(w);
+            give_slot(w, req->worker);
         return;
     }
     /* Not admitted (503 audit.unavailable) or answered before admission:
@@ -573,11 +802,10 @@ static void on_complete(struct tg_filter *f, struct tg_req *req)
 
 static void on_destroy(struct tg_filter *f, struct tg_req *req)
 {
-    (void)req;
     struct audit_ctx *ctx = f->ctx;
     if (ctx->reserved) {
         ctx->reserved = false;
-        tg_audit_release(tg_audit_get_writer());
+        give_slot(tg_audit_get_writer(), req->worker);
     }
     if (!ctx->waiting)
         return;

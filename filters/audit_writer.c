@@ -30,6 +30,8 @@
  */
 #include "filters/audit_writer.h"
 
+#include "filters/audit_json.h"
+
 #include "proxy/log.h"
 #include "proxy/mem.h"
 
@@ -39,6 +41,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -150,7 +153,9 @@ static int mac_hex(struct tg_audit_writer *w, const char *a, size_t alen, const 
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     size_t mdlen = 0;
-    if (!EVP_MAC_init(w->mctx, w->key, w->keylen, NULL) ||
+    /* The key was set once at start: a NULL key re-initialises the HMAC
+     * from its saved inner/outer states instead of hashing the key again. */
+    if (!EVP_MAC_init(w->mctx, NULL, 0, NULL) ||
         !EVP_MAC_update(w->mctx, (const unsigned char *)a, alen) ||
         (blen && !EVP_MAC_update(w->mctx, (const unsigned char *)b, blen)) ||
         !EVP_MAC_final(w->mctx, md, &mdlen, sizeof(md)) || mdlen != HEX_LEN / 2)
@@ -435,6 +440,66 @@ enum fmt_status {
 };
 
 /*
+ * batch[start..blen) holds the record's object, ending with '}' and "prev"
+ * as its last member: MAC it, put the hmac member before the brace, end the
+ * line, and make it the chain's newest link.  0, or -1 (the batch is then
+ * to be cut back to start by the caller).
+ */
+static int finish_line(struct tg_audit_writer *w, size_t start, uint64_t seq)
+{
+    char mac[HEX_LEN + 1];
+    if (mac_hex(w, w->batch + start, w->blen - start, NULL, 0, mac) != 0)
+        return -1;
+    if (!batch_reserve(w, SUFFIX_LEN))
+        return -1;
+    w->blen--; /* the closing brace comes back after the hmac member */
+    memcpy(w->batch + w->blen, SUFFIX_HEAD, 9);
+    memcpy(w->batch + w->blen + 9, mac, HEX_LEN);
+    memcpy(w->batch + w->blen + 9 + HEX_LEN, "\"}\n", 3);
+    w->blen += 9 + HEX_LEN + 3;
+    w->seq = seq;
+    memcpy(w->prev, mac, sizeof(w->prev));
+    if (w->bn++ == 0)
+        w->bfirst_seq = seq;
+    w->blast_seq = seq;
+    return 0;
+}
+
+/*
+ * Append the record of an emitting builder as the next line of the chain:
+ * its text comes straight into the batch, with no JSON object in between.
+ * On anything but FMT_OK the batch, seq and prev are unchanged.
+ */
+static enum fmt_status format_emit(struct tg_audit_writer *w, struct tg_audit_lazy *l)
+{
+    uint64_t seq = w->seq + 1;
+    size_t start = w->blen;
+    struct tg_jw j = {.base = w->batch,
+                      .len = w->blen,
+                      .cap = w->bcap,
+                      .max = start + TG_AUDIT_LINE_MAX - SUFFIX_LEN};
+    l->emit(l, &j, seq);
+    TG_JW_LIT(&j, ",\"prev\":\"");
+    tg_jw_raw(&j, w->prev, HEX_LEN);
+    TG_JW_LIT(&j, "\"}");
+    w->batch = j.base;
+    w->bcap = j.cap;
+    w->blen = j.failed ? start : j.len;
+    if (j.too_long) {
+        tg_log_error(MOD,
+                     "%s: a record could not be kept under the 1 MiB line limit and was "
+                     "dropped",
+                     w->path);
+        return FMT_DROP;
+    }
+    if (j.failed || finish_line(w, start, seq) != 0) {
+        w->blen = start;
+        return FMT_RETRY;
+    }
+    return FMT_OK;
+}
+
+/*
  * Append rec as the next line of the chain (see the layout in the header).
  * On anything but FMT_OK the batch, seq and prev are unchanged.
  */
@@ -446,7 +511,6 @@ static enum fmt_status format_one(struct tg_audit_writer *w, json_t *rec)
     const char *k;
     size_t klen;
     json_t *v, *o = json_object();
-    char mac[HEX_LEN + 1];
 
     if (!o)
         return FMT_RETRY;
@@ -481,20 +545,8 @@ static enum fmt_status format_one(struct tg_audit_writer *w, json_t *rec)
     w->dump_failed = NULL;
     if (w->blen - start < 2 || w->batch[w->blen - 1] != '}')
         goto out; /* cannot happen: a compact object ends with '}' */
-    if (mac_hex(w, w->batch + start, w->blen - start, NULL, 0, mac) != 0)
+    if (finish_line(w, start, seq) != 0)
         goto out;
-    if (!batch_reserve(w, SUFFIX_LEN))
-        goto out;
-    w->blen--; /* the closing brace comes back after the hmac member */
-    memcpy(w->batch + w->blen, SUFFIX_HEAD, 9);
-    memcpy(w->batch + w->blen + 9, mac, HEX_LEN);
-    memcpy(w->batch + w->blen + 9 + HEX_LEN, "\"}\n", 3);
-    w->blen += 9 + HEX_LEN + 3;
-    w->seq = seq;
-    memcpy(w->prev, mac, sizeof(w->prev));
-    if (w->bn++ == 0)
-        w->bfirst_seq = seq;
-    w->blast_seq = seq;
     rv = FMT_OK;
 out:
     if (rv != FMT_OK)
@@ -627,6 +679,8 @@ static void *writer_main(void *arg)
     struct tg_audit_writer *w = arg;
     json_t *recs[BATCH_RECORDS];
 
+    prctl(PR_SET_NAME, "tg-audit", 0, 0, 0); /* per-thread CPU in /proc, top, perf */
+
     pthread_mutex_lock(&w->mu);
     for (;;) {
         uint64_t now = now_ms();
@@ -702,29 +756,39 @@ static void *writer_main(void *arg)
             size_t taken = 0, dropped = 0;
             bool retry = false;
             struct tg_audit_lazy *lazies[BATCH_RECORDS];
+            size_t nbuild = 0;
             for (size_t i = 0; i < n; i++) {
                 struct tg_audit_item *it = &w->q[(w->head + i) % w->cap];
                 recs[i] = it->rec;
                 lazies[i] = it->lazy;
-                it->lazy = NULL; /* taken: built below, its record written back */
+                if (lazies[i] && !lazies[i]->emit) {
+                    it->lazy = NULL; /* taken: built below, its record written back */
+                    nbuild++;
+                }
             }
             pthread_mutex_unlock(&w->mu);
-            /* Records queued as builders are made here, off the event loops. */
-            for (size_t i = 0; i < n; i++) {
-                if (!lazies[i])
-                    continue;
-                recs[i] = lazies[i]->build(lazies[i]);
-                lazies[i]->free(lazies[i]);
-                if (!recs[i])
-                    recs[i] = json_object(); /* out of memory: dropped below as unformattable */
+            if (nbuild) {
+                /* Records queued as builders are made here, off the event loops. */
+                for (size_t i = 0; i < n; i++) {
+                    if (!lazies[i] || lazies[i]->emit)
+                        continue;
+                    recs[i] = lazies[i]->build(lazies[i]);
+                    lazies[i]->free(lazies[i]);
+                    lazies[i] = NULL;
+                    if (!recs[i])
+                        recs[i] = json_object(); /* out of memory: dropped below as unformattable */
+                }
+                pthread_mutex_lock(&w->mu);
+                for (size_t i = 0; i < n; i++)
+                    w->q[(w->head + i) % w->cap].rec = recs[i];
+                pthread_mutex_unlock(&w->mu);
             }
-            pthread_mutex_lock(&w->mu);
-            for (size_t i = 0; i < n; i++)
-                w->q[(w->head + i) % w->cap].rec = recs[i];
-            pthread_mutex_unlock(&w->mu);
-            /* The ring slots stay ours: submitters only append behind them. */
+            /* The ring slots stay ours: submitters only append behind them.
+             * Emitting builders stay in their slots until formatted, so a
+             * stop that gives up frees them with the rest of the queue. */
             while (taken < n && w->blen < BATCH_BYTES) {
-                enum fmt_status st = format_one(w, recs[taken]);
+                enum fmt_status st =
+                    lazies[taken] ? format_emit(w, lazies[taken]) : format_one(w, recs[taken]);
                 if (st == FMT_RETRY) {
                     retry = true;
                     break;
@@ -741,11 +805,17 @@ static void *writer_main(void *arg)
                 pthread_cond_broadcast(&w->cv_room);
             if (retry && taken == 0)
                 failed(w, "formatting a record", ENOMEM);
-            for (size_t i = 0; i < taken; i++)
-                w->q[(w->head + w->cap - taken + i) % w->cap].rec = NULL;
+            for (size_t i = 0; i < taken; i++) {
+                struct tg_audit_item *it = &w->q[(w->head + w->cap - taken + i) % w->cap];
+                it->rec = NULL;
+                it->lazy = NULL;
+            }
             pthread_mutex_unlock(&w->mu);
-            for (size_t i = 0; i < taken; i++)
+            for (size_t i = 0; i < taken; i++) {
                 json_decref(recs[i]);
+                if (lazies[i])
+                    lazies[i]->free(lazies[i]);
+            }
             pthread_mutex_lock(&w->mu);
             continue;
         }
@@ -834,7 +904,8 @@ struct tg_audit_writer *tg_audit_writer_start(const struct tg_audit_settings *s,
         OSSL_PARAM_construct_end(),
     };
     if (!(w->mac = EVP_MAC_fetch(NULL, "HMAC", NULL)) || !(w->mctx = EVP_MAC_CTX_new(w->mac)) ||
-        !EVP_MAC_CTX_set_params(w->mctx, params)) {
+        !EVP_MAC_CTX_set_params(w->mctx, params) ||
+        !EVP_MAC_init(w->mctx, w->key, w->keylen, NULL)) {
         snprintf(err, errlen, "audit: HMAC-SHA256 is not available from OpenSSL");
         goto fail;
     }
@@ -933,6 +1004,78 @@ bool tg_audit_reserve(struct tg_audit_writer *w)
         w->reserved++;
     pthread_mutex_unlock(&w->mu);
     return ok;
+}
+
+size_t tg_audit_reserve_n(struct tg_audit_writer *w, size_t want)
+{
+    if (!w || !want)
+        return 0;
+    pthread_mutex_lock(&w->mu);
+    size_t used = w->count + w->reserved, got = 0;
+    if (!w->stopping && used < w->cap) {
+        size_t half = (w->cap - used + 1) / 2;
+        got = want < half ? want : half;
+        w->reserved += got;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return got;
+}
+
+void tg_audit_release_n(struct tg_audit_writer *w, size_t n)
+{
+    if (!w || !n)
+        return;
+    pthread_mutex_lock(&w->mu);
+    w->reserved -= n < w->reserved ? n : w->reserved;
+    pthread_cond_broadcast(&w->cv_room);
+    pthread_mutex_unlock(&w->mu);
+}
+
+size_t tg_audit_submit_batch(struct tg_audit_writer *w, struct tg_audit_lazy *list, size_t *credit)
+{
+    size_t queued = 0, dropped = 0;
+    if (!w) {
+        while (list) {
+            struct tg_audit_lazy *next = list->next;
+            list->free(list);
+            list = next;
+        }
+        return 0;
+    }
+    struct tg_audit_lazy *refused = NULL;
+    pthread_mutex_lock(&w->mu);
+    size_t count0 = w->count;
+    for (struct tg_audit_lazy *l = list, *next; l; l = next) {
+        next = l->next;
+        l->next = NULL;
+        if (w->reserved)
+            w->reserved--;
+        if (w->stopping || w->count >= w->cap) { /* the latter cannot happen with promises kept */
+            l->next = refused;
+            refused = l;
+            dropped++;
+            continue;
+        }
+        w->q[(w->head + w->count) % w->cap] = (struct tg_audit_item){NULL, l};
+        w->count++;
+        queued++;
+    }
+    w->st_dropped += dropped;
+    /* One wake-up per batch, and only when the writer sleeps or has a batch's worth. */
+    if (queued && (w->sleeping || (count0 < WAKE_BATCH && w->count >= WAKE_BATCH)))
+        pthread_cond_signal(&w->cv_work);
+    if (credit && *credit && (w->stopping || 2 * (w->count + w->reserved) > w->cap)) {
+        w->reserved -= *credit < w->reserved ? *credit : w->reserved;
+        *credit = 0;
+        pthread_cond_broadcast(&w->cv_room);
+    }
+    pthread_mutex_unlock(&w->mu);
+    while (refused) {
+        struct tg_audit_lazy *next = refused->next;
+        refused->free(refused);
+        refused = next;
+    }
+    return queued;
 }
 
 void tg_audit_release(struct tg_audit_writer *w)

@@ -3,8 +3,11 @@
  *
  * Event loops only enqueue: tg_audit_submit() copies a record into a bounded
  * queue (mutex + condition variable; the critical section is a pointer push)
- * and returns.  One writer thread takes records in order, assigns "seq",
- * serialises each with jansson (compact, keys in insertion order), chains it
+ * and returns; workers hand over a loop turn's request records at once
+ * (tg_audit_submit_batch) and promise slots in batches (tg_audit_reserve_n).
+ * One writer thread takes records in order, assigns "seq", serialises each
+ * (request records: the text emitter of audit_json.h, which writes the bytes
+ * jansson would; other records: jansson, compact, keys in insertion order), chains it
  * with HMAC-SHA256 ("prev" = previous line's "hmac", the very first "prev" is
  * 64 zeros), appends the lines with write(2) on an O_APPEND descriptor in
  * batches, and fsyncs per policy (always: before the batch is acknowledged;
@@ -44,14 +47,22 @@ enum tg_audit_fsync {
 
 struct tg_audit_writer;
 
+struct tg_jw;
+
 /*
- * A record built on the writer thread: the event loop queues only a copy of
- * the facts (embedding this struct), and the writer calls build() to make
- * the JSON object, then free().  Keeps jansson work off the event loops.
+ * A record made on the writer thread: the event loop queues only a copy of
+ * the facts (embedding this struct).  The writer calls emit() when it is
+ * set, else build(), and then free().  emit() appends the record's text
+ * from '{' through its last member -- "type", "ts", then "seq" (the value
+ * given), then the rest, exactly as the compact jansson dump of the same
+ * object would read -- with no "prev" and no closing brace; the writer adds
+ * ,"prev":"..."} and the hmac.  Keeps JSON work off the event loops.
  */
 struct tg_audit_lazy {
+    void (*emit)(struct tg_audit_lazy *l, struct tg_jw *j, uint64_t seq); /* or NULL */
     json_t *(*build)(struct tg_audit_lazy *l); /* new object (type/ts set), or NULL */
     void (*free)(struct tg_audit_lazy *l);     /* release the container */
+    struct tg_audit_lazy *next;                /* link while batched on a worker */
 };
 
 /* One queue slot: a ready record or a builder (internal to the writer). */
@@ -93,6 +104,24 @@ bool tg_audit_submit(struct tg_audit_writer *w, json_t *rec, bool block);
  */
 bool tg_audit_reserve(struct tg_audit_writer *w);
 bool tg_audit_submit_reserved(struct tg_audit_writer *w, json_t *rec);
+/*
+ * Per-worker credit: promise up to want slots in one call (never more than
+ * half of the free ones, rounded up, so a worker's credit shrinks to one
+ * slot at a time as the queue fills and no worker can hoard what another
+ * needs).  Returns how many were promised, 0 when none is free.  Give
+ * unused ones back with tg_audit_release_n().  Thread-safe.
+ */
+size_t tg_audit_reserve_n(struct tg_audit_writer *w, size_t want);
+void tg_audit_release_n(struct tg_audit_writer *w, size_t n);
+/*
+ * Queue a list of builders (linked by next, oldest first), each using a
+ * promised slot, under one lock and with at most one wake-up of the writer.
+ * *credit is the caller's count of promised slots it still holds: when the
+ * queue is more than half full they are given back in the same lock and
+ * *credit becomes 0.  Returns the number queued; the others (only while
+ * stopping) are freed and counted as dropped.  Thread-safe.
+ */
+size_t tg_audit_submit_batch(struct tg_audit_writer *w, struct tg_audit_lazy *list, size_t *credit);
 /* Queue a builder (reserved: uses a promised slot).  false (and freed) when refused. */
 bool tg_audit_submit_lazy(struct tg_audit_writer *w, struct tg_audit_lazy *lazy, bool reserved);
 void tg_audit_release(struct tg_audit_writer *w);

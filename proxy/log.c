@@ -13,6 +13,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -104,6 +105,7 @@ static int open_path(const char *path)
 static void *writer_main(void *arg)
 {
     (void)arg;
+    prctl(PR_SET_NAME, "tg-log", 0, 0, 0);
     struct slot *local = malloc(sizeof(struct slot) * 64);
     if (!local)
         return NULL;

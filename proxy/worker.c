@@ -4,6 +4,7 @@
 
 #include <stdio.h>
 #include <string.h>
+#include <sys/prctl.h>
 
 #include "config/config.h"
 #include "filters/audit.h"
@@ -256,6 +257,10 @@ int tg_worker_init(struct tg_worker *w, struct tg_server *s, unsigned i, struct 
 static void thread_main(void *arg)
 {
     struct tg_worker *w = arg;
+    /* A name for top, perf and bench/audit.sh (per-thread CPU from /proc). */
+    char name[16];
+    snprintf(name, sizeof(name), "tg-worker-%u", w->index);
+    prctl(PR_SET_NAME, name, 0, 0, 0);
     uv_run(&w->loop, UV_RUN_DEFAULT);
     tg_audit_thread_exit();
     uv_run(&w->loop, UV_RUN_DEFAULT); /* the closed timer's callback */

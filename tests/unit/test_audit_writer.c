@@ -33,6 +33,7 @@
 #include <jansson.h>
 #include <openssl/evp.h>
 
+#include "filters/audit_json.h"
 #include "filters/audit_writer.h"
 #include "proxy/mem.h"
 
@@ -871,6 +872,106 @@ static void test_block_waits_for_room(void **state)
     remove_dir(dir);
 }
 
+/* An emitting builder, as filters/audit.c queues for a request. */
+struct emit_rec {
+    struct tg_audit_lazy lazy; /* first */
+    int i;                     /* its number */
+};
+
+static void emit_rec(struct tg_audit_lazy *l, struct tg_jw *j, uint64_t seq)
+{
+    const struct emit_rec *e = (const struct emit_rec *)l;
+    TG_JW_LIT(j, "{\"type\":\"request\",\"ts\":\"2026-11-25T20:33:04.123456Z\",\"seq\":");
+    tg_jw_int(j, (int64_t)seq);
+    TG_JW_LIT(j, ",\"n\":");
+    tg_jw_int(j, e->i);
+    TG_JW_LIT(j, ",\"path\":");
+    tg_jw_str(j, "/bad\xff", 5);
+}
+
+static void free_rec(struct tg_audit_lazy *l)
+{
+    tg_mem_free(l);
+}
+
+/* A list of n emitting builders numbered from. */
+static struct tg_audit_lazy *emit_list(int from, int n)
+{
+    struct tg_audit_lazy *head = NULL, **tail = &head;
+    for (int i = from; i < from + n; i++) {
+        struct emit_rec *e = tg_mem_calloc(1, sizeof(*e));
+        assert_non_null(e);
+        e->lazy.emit = emit_rec;
+        e->lazy.free = free_rec;
+        e->i = i;
+        *tail = &e->lazy;
+        tail = &e->lazy.next;
+    }
+    return head;
+}
+
+/* Worker credit: promises come in batches of at most half the free slots;
+ * a batch hand-over uses them, in order, and gives credit back once the
+ * queue is more than half full. */
+static void test_credit_and_batches(void **state)
+{
+    (void)state;
+    char dir[PATH_MAX], path[PATH_MAX];
+    struct rlimit saved;
+    make_dir(dir, sizeof(dir));
+    path_in(path, sizeof(path), dir, "audit.log");
+    signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &saved), 0);
+    struct tg_audit_writer *w = start_ok(path, TG_AUDIT_FSYNC_NEVER, 16);
+    set_fsize_limit(0); /* hold everything in the queue */
+    /* 16 free: 8, then 4, 2, 1, 1, and nothing once all 16 are promised. */
+    static const size_t grants[] = {8, 4, 2, 1, 1, 0};
+    size_t total = 0;
+    for (size_t i = 0; i < sizeof(grants) / sizeof(grants[0]); i++) {
+        size_t got = tg_audit_reserve_n(w, 32);
+        assert_int_equal(got, grants[i]);
+        total += got;
+    }
+    assert_int_equal(total, 16);
+    assert_false(tg_audit_reserve(w));
+    assert_false(tg_audit_has_room(w));
+    /* Use 6 of them in one batch; the 10 left are still promised. */
+    size_t credit = 10;
+    assert_int_equal(tg_audit_submit_batch(w, emit_list(1, 6), &credit), 6);
+    /* 6 queued + 10 promised > half: the credit went back. */
+    assert_int_equal(credit, 0);
+    struct tg_audit_stats st;
+    tg_audit_stats(w, &st);
+    assert_true(st.queue_depth + st.pending >= 6 - 2); /* the writer may hold a batch */
+    assert_true(tg_audit_has_room(w));
+    /* Release then reserve again: the slots are back. */
+    size_t got = tg_audit_reserve_n(w, 32);
+    assert_true(got >= 1 && got <= 5);
+    tg_audit_release_n(w, got);
+    credit = 0;
+    assert_int_equal(tg_audit_reserve_n(w, 4), 4);
+    assert_int_equal(tg_audit_submit_batch(w, emit_list(7, 4), &credit), 4);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &saved), 0);
+    wait_for(w, written_at_least, 10, "10 records");
+    tg_audit_writer_stop(w);
+    expect_ok("10 records, seq 1..10", 1, path);
+    /* In order, and the bad byte came out as \ufffd. */
+    struct lines ls;
+    split_lines(path, &ls);
+    assert_int_equal(ls.n, 10);
+    for (size_t i = 0; i < ls.n; i++) {
+        char line[512], n[32];
+        assert_true(ls.len[i] < sizeof(line));
+        memcpy(line, ls.at[i], ls.len[i]);
+        line[ls.len[i]] = '\0';
+        field(line, "n", n, sizeof(n));
+        assert_int_equal(strtol(n, NULL, 10), (long)i + 1);
+        assert_non_null(strstr(line, "\"path\":\"/bad\\ufffd\""));
+    }
+    free(ls.text);
+    remove_dir(dir);
+}
+
 /* Many threads submitting at once: one chain, every record once. */
 static void test_concurrent_submitters(void **state)
 {
@@ -999,6 +1100,7 @@ int main(void)
         cmocka_unit_test(test_write_error_nothing_lost),
         cmocka_unit_test(test_block_waits_for_room),
         cmocka_unit_test(test_concurrent_submitters),
+        cmocka_unit_test(test_credit_and_batches),
         cmocka_unit_test(test_cli),
         cmocka_unit_test(test_failmalloc),
         cmocka_unit_test(test_disk_full_stop),
