@@ -629,7 +629,8 @@ def test_redis_oom_is_a_backend_failure(start_tollgate, fresh_demo, keys, shared
     try:
         # Write scripts fail with -OOM: admitted per on_backend_error "allow", audited as degraded.
         assert get(t, keys.a).status_code == 200
-        assert "OOM" in t.stderr()
+        # The error log is written by its own thread: wait for the line.
+        assert wait_for(lambda: "OOM" in t.stderr(), 5), t.stderr()[-2000:]
     finally:
         cl.config_set("maxmemory", "0")
     assert wait_for(lambda: get(t, keys.a).status_code == 200, 5)
