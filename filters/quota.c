@@ -213,6 +213,9 @@ void tg_quota_worker_update(struct tg_worker *w)
 
 /* ---- the request side ---- */
 
+#define RL_FIELDS 6     /* x-ratelimit-{limit,remaining,reset}-{requests,tokens} */
+#define RL_VALUE_MAX 24 /* 20 digits, or "<11 digits>m59.999s", plus NUL */
+
 struct quota_ctx {
     struct tg_req *req;              /* owner */
     struct tg_filter *f;             /* this filter */
@@ -226,6 +229,11 @@ struct quota_ctx {
     uint64_t output_cap;             /* effective max_tokens for a stream cut; 0 none */
     struct renew_timer *renew;       /* lease renewal, or NULL */
     bool rl_headers;                 /* x-ratelimit-* apply to the answer */
+    unsigned rl_mask;                /* bit i: ctx->rl[i] is sent */
+    struct rl_value {
+        char s[RL_VALUE_MAX];        /* NUL-terminated */
+        unsigned char len;
+    } rl[RL_FIELDS];                 /* x-ratelimit-* values, in rl_names order */
 };
 
 /* Reasons (audit) and metric slots of each refusal, scope * TG_QL_COUNT + limit. */
@@ -242,65 +250,84 @@ const char *tg_quota_limit_label(unsigned i)
     return i < TG_QS_COUNT * TG_QL_COUNT ? deny_reason[i] + 6 : "backend_unavailable";
 }
 
-/* OpenAI's duration style for x-ratelimit-reset-*: "120ms", "1s", "1.5s", "6m0s". */
-static void fmt_reset(char *out, size_t n, uint64_t ms)
+/* Write v in decimal at p (no NUL); returns the end.  No snprintf: this runs
+ * six times per limited request. */
+static char *put_u64(char *p, uint64_t v)
 {
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
+/* OpenAI's duration style for x-ratelimit-reset-*: "120ms", "1s", "1.5s", "6m0s".
+ * out has RL_VALUE_MAX bytes; returns the length (NUL-terminated). */
+static size_t fmt_reset(char *out, uint64_t ms)
+{
+    char *p = out;
     if (ms > UINT64_C(1) << 50)
         ms = UINT64_C(1) << 50; /* keeps every field short */
     if (ms < 1000) {
-        snprintf(out, n, "%llums", (unsigned long long)ms);
-        return;
+        p = put_u64(p, ms);
+        *p++ = 'm';
+    } else {
+        uint64_t m = ms / 60000, rest = ms % 60000;
+        unsigned frac = (unsigned)(rest % 1000);
+        if (m) {
+            p = put_u64(p, m);
+            *p++ = 'm';
+        }
+        p = put_u64(p, rest / 1000);
+        if (frac) {
+            /* Three decimals without their trailing zeros. */
+            *p++ = '.';
+            *p++ = (char)('0' + frac / 100);
+            if (frac % 100) {
+                *p++ = (char)('0' + frac / 10 % 10);
+                if (frac % 10)
+                    *p++ = (char)('0' + frac % 10);
+            }
+        }
     }
-    uint64_t m = ms / 60000, rest = ms % 60000;
-    char sec[16];
-    if (rest % 1000 == 0)
-        snprintf(sec, sizeof(sec), "%llus", (unsigned long long)(rest / 1000));
-    else {
-        int k = snprintf(sec, sizeof(sec), "%llu.%03llu", (unsigned long long)(rest / 1000),
-                         (unsigned long long)(rest % 1000));
-        while (k > 0 && sec[k - 1] == '0')
-            sec[--k] = '\0';
-        snprintf(sec + k, sizeof(sec) - (size_t)k, "s");
-    }
-    if (m)
-        snprintf(out, n, "%llum%s", (unsigned long long)m, sec);
-    else
-        snprintf(out, n, "%s", sec);
+    *p++ = 's';
+    *p = '\0';
+    return (size_t)(p - out);
 }
 
-/* The x-ratelimit-* fields of the caller's per-minute limits, through add(). */
-static void rl_fields(struct quota_ctx *ctx,
-                      void (*add)(struct tg_req *req, const char *name, const char *value))
+/* The x-ratelimit-* field names, in the order they are sent. */
+static const struct tg_iov rl_names[RL_FIELDS] = {
+    TG_IOV_LIT("x-ratelimit-limit-requests"), TG_IOV_LIT("x-ratelimit-remaining-requests"),
+    TG_IOV_LIT("x-ratelimit-reset-requests"), TG_IOV_LIT("x-ratelimit-limit-tokens"),
+    TG_IOV_LIT("x-ratelimit-remaining-tokens"), TG_IOV_LIT("x-ratelimit-reset-tokens"),
+};
+
+/*
+ * Format the x-ratelimit-* values of the caller's per-minute limits once,
+ * into ctx->rl (they go both to the local-reply extras and, later, to the
+ * upstream's response headers).
+ */
+static void rl_format(struct quota_ctx *ctx)
 {
-    static const char *const names[2][3] = {
-        {"x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
-         "x-ratelimit-reset-requests"},
-        {"x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"},
-    };
     static const int lim[2] = {TG_QL_RPM, TG_QL_TPM};
+    ctx->rl_mask = 0;
     for (int i = 0; i < 2; i++) {
         uint64_t l = ctx->adm.lim[TG_QS_PRINCIPAL].v[lim[i]];
         if (!l)
             continue;
-        char v[32];
-        snprintf(v, sizeof(v), "%llu", (unsigned long long)l);
-        add(ctx->req, names[i][0], v);
+        struct rl_value *v = &ctx->rl[3 * i];
         int64_t rem = ctx->dec.remaining[i];
-        snprintf(v, sizeof(v), "%lld", (long long)(rem < 0 ? 0 : rem));
-        add(ctx->req, names[i][1], v);
-        fmt_reset(v, sizeof(v), ctx->dec.reset_ms[i]);
-        add(ctx->req, names[i][2], v);
+        v[0].len = (unsigned char)(put_u64(v[0].s, l) - v[0].s);
+        v[0].s[v[0].len] = '\0';
+        v[1].len = (unsigned char)(put_u64(v[1].s, rem < 0 ? 0 : (uint64_t)rem) - v[1].s);
+        v[1].s[v[1].len] = '\0';
+        v[2].len = (unsigned char)fmt_reset(v[2].s, ctx->dec.reset_ms[i]);
+        ctx->rl_mask |= 7u << (3 * i);
     }
-}
-
-static void add_reply_extra(struct tg_req *req, const char *name, const char *value)
-{
-    tg_req_reply_extra(req, name, value);
-}
-
-static void add_resp_header(struct tg_req *req, const char *name, const char *value)
-{
-    tg_req_resp_header_add(req, name, value);
 }
 
 static void count_denial(struct tg_req *req, unsigned slot)
@@ -401,7 +428,10 @@ static void decided(struct quota_ctx *ctx, bool sync)
     struct tg_req *req = ctx->req;
     req->usage.quota_ms = (double)(uv_hrtime() - ctx->t0) / 1e6;
     ctx->rl_headers = true;
-    rl_fields(ctx, add_reply_extra);
+    rl_format(ctx);
+    for (unsigned i = 0; i < RL_FIELDS; i++)
+        if (ctx->rl_mask & (1u << i))
+            tg_req_reply_extra(req, rl_names[i].base, ctx->rl[i].s);
     if (ctx->dec.allowed) {
         renew_start(ctx);
         if (!sync)
@@ -731,18 +761,32 @@ static int xform(struct tg_req *req, const char *p, size_t n, bool end)
     return end ? tg_req_response_emit(req, NULL, 0, true) : 0;
 }
 
+/* Drop every x-ratelimit-* field of rl_names from l, in one pass. */
+static void rl_strip(struct tg_hlist *l)
+{
+    size_t out = 0;
+    for (size_t i = 0; i < l->n; i++) {
+        struct tg_iov n = l->v[i].name;
+        bool ours = false;
+        if (n.len >= 24 && memcmp(n.base, "x-ratelimit-", 12) == 0)
+            for (unsigned k = 0; k < RL_FIELDS && !ours; k++)
+                ours = tg_iov_eq(n, rl_names[k]);
+        if (!ours)
+            l->v[out++] = l->v[i];
+    }
+    l->n = out;
+}
+
 static enum tg_filter_status on_response_headers(struct tg_filter *f, struct tg_req *req)
 {
     struct quota_ctx *ctx = f->ctx;
     if (ctx->rl_headers) {
         /* Ours describe the caller's tollgate limits; an upstream's own would mislead. */
-        static const char *const names[] = {
-            "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
-            "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
-            "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"};
-        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-            tg_hlist_remove(&req->resp_headers, names[i]);
-        rl_fields(ctx, add_resp_header);
+        rl_strip(&req->resp_headers);
+        for (unsigned i = 0; i < RL_FIELDS; i++)
+            if (ctx->rl_mask & (1u << i))
+                tg_hlist_add(&req->resp_headers, &req->arena, rl_names[i],
+                             tg_iov_make(ctx->rl[i].s, ctx->rl[i].len));
     }
     if (!req->openai.inspected || req->status < 200 || req->status >= 300 || req->head_only)
         return TG_FILTER_CONTINUE;
