@@ -102,6 +102,7 @@ static uint64_t now_us(void)
 /* ---- per-worker state ---- */
 
 struct settle_op;
+struct quota_ctx;
 
 struct tg_quota_worker {
     struct tg_worker *w;          /* owner */
@@ -113,6 +114,9 @@ struct tg_quota_worker {
     struct settle_op *settles;    /* settlements in flight (doubly linked) */
     unsigned nsettles;            /* count */
     bool closing;                 /* tg_quota_worker_close ran */
+    uv_timer_t renew_timer;       /* due time of renew_head (see "lease renewal") */
+    struct quota_ctx *renew_head; /* requests whose lease is renewed, by due time */
+    struct quota_ctx *renew_tail; /* newest */
 };
 
 static void on_redis_state(void *arg, bool up)
@@ -193,6 +197,7 @@ int tg_quota_worker_init(struct tg_worker *w)
     if (!qw)
         return TG_E_NOMEM;
     qw->w = w;
+    uv_timer_init(&w->loop, &qw->renew_timer); /* cannot fail; closed in tg_quota_worker_close */
     w->quota = qw;
     if (w->cfg->quota.backend == TG_QUOTA_REDIS)
         return make_redis(qw, w->cfg);
@@ -227,7 +232,10 @@ struct quota_ctx {
     struct tg_usage *usage;          /* response reader, or NULL */
     const struct tg_cfg_price *price;/* price of the request's model, or NULL */
     uint64_t output_cap;             /* effective max_tokens for a stream cut; 0 none */
-    struct renew_timer *renew;       /* lease renewal, or NULL */
+    struct quota_ctx *renew_prev;    /* tg_quota_worker's renewal list, while linked */
+    struct quota_ctx *renew_next;
+    uint64_t renew_due;              /* loop time (ms) of the next renewal */
+    bool renew_linked;               /* holds a lease that is being renewed */
     bool rl_headers;                 /* x-ratelimit-* apply to the answer */
     unsigned rl_mask;                /* bit i: ctx->rl[i] is sent */
     struct rl_value {
@@ -330,6 +338,20 @@ static void rl_format(struct quota_ctx *ctx)
     }
 }
 
+/*
+ * tg_req_reply_extra() without its copies: it duplicates name and value
+ * into the request arena, but these already live as long (static names,
+ * values in this filter's context, which the arena holds), so the fields
+ * are referenced where they are.  Same bound and order as
+ * tg_req_reply_extra() (extras beyond the array are dropped).
+ */
+static void reply_extra(struct tg_req *req, struct tg_iov name, struct tg_iov value)
+{
+    if (req->nreply_extra >= sizeof(req->reply_extra) / sizeof(req->reply_extra[0]))
+        return;
+    req->reply_extra[req->nreply_extra++] = (struct tg_header){name, value};
+}
+
 static void count_denial(struct tg_req *req, unsigned slot)
 {
     if (req->worker && req->worker->metrics)
@@ -344,15 +366,15 @@ static void count_backend_error(struct tg_req *req)
 
 /* ---- lease renewal ---- */
 
-struct renew_timer {
-    uv_timer_t t;             /* fires every LEASE_RENEW_MS */
-    struct quota_ctx *ctx;    /* NULL once the request let go */
-};
-
-static void on_renew_closed(uv_handle_t *h)
-{
-    tg_mem_free(h->data);
-}
+/*
+ * Every lease is renewed LEASE_RENEW_MS after its admission and then every
+ * LEASE_RENEW_MS, so due times are in admission order: the requests holding
+ * one are kept on a per-worker FIFO list and a single worker timer fires
+ * for the head (re-armed for the next head), instead of one uv_timer (an
+ * allocation, a heap insert and an asynchronous close) per request.  A
+ * renewed request goes back to the tail with now + LEASE_RENEW_MS, which
+ * keeps the order (libuv's repeating timers reschedule the same way).
+ */
 
 static void on_renew_reply(void *arg, int status, const redisReply *reply)
 {
@@ -362,12 +384,8 @@ static void on_renew_reply(void *arg, int status, const redisReply *reply)
         tg_log_debug("quota", "lease renewal failed: %s", tg_redis_strerror(status));
 }
 
-static void on_renew(uv_timer_t *t)
+static void renew_one(struct tg_quota_worker *qw, struct quota_ctx *ctx)
 {
-    struct renew_timer *rt = t->data;
-    struct quota_ctx *ctx = rt->ctx;
-    if (!ctx)
-        return;
     uint64_t now = now_us();
     switch (ctx->store) {
     case ST_LOCAL:
@@ -379,7 +397,6 @@ static void on_renew(uv_timer_t *t)
                              ctx->adm.lease, LEASE_TTL_MS);
         break;
     case ST_REDIS: {
-        struct tg_quota_worker *qw = ctx->req->worker->quota;
         struct tg_quota_argv a;
         if (!qw->redis ||
             tg_quota_script_renew_args(ctx->adm.principal, ctx->adm.tenant, ctx->adm.lease,
@@ -396,28 +413,66 @@ static void on_renew(uv_timer_t *t)
     }
 }
 
+static void renew_unlink(struct tg_quota_worker *qw, struct quota_ctx *ctx)
+{
+    if (ctx->renew_prev)
+        ctx->renew_prev->renew_next = ctx->renew_next;
+    else
+        qw->renew_head = ctx->renew_next;
+    if (ctx->renew_next)
+        ctx->renew_next->renew_prev = ctx->renew_prev;
+    else
+        qw->renew_tail = ctx->renew_prev;
+    ctx->renew_prev = ctx->renew_next = NULL;
+    ctx->renew_linked = false;
+}
+
+static void renew_link(struct tg_quota_worker *qw, struct quota_ctx *ctx, uint64_t due)
+{
+    ctx->renew_due = due;
+    ctx->renew_next = NULL;
+    ctx->renew_prev = qw->renew_tail;
+    if (qw->renew_tail)
+        qw->renew_tail->renew_next = ctx;
+    else
+        qw->renew_head = ctx;
+    qw->renew_tail = ctx;
+    ctx->renew_linked = true;
+}
+
+static void on_renew(uv_timer_t *t)
+{
+    struct tg_quota_worker *qw = tg_container_of(t, struct tg_quota_worker, renew_timer);
+    uint64_t now = uv_now(t->loop);
+    struct quota_ctx *stop = NULL; /* first request renewed in this run */
+    struct quota_ctx *ctx;
+    while ((ctx = qw->renew_head) != NULL && ctx != stop && ctx->renew_due <= now) {
+        renew_unlink(qw, ctx);
+        renew_link(qw, ctx, now + LEASE_RENEW_MS);
+        if (!stop)
+            stop = ctx;
+        renew_one(qw, ctx);
+    }
+    if (qw->renew_head)
+        uv_timer_start(t, on_renew, qw->renew_head->renew_due - now, 0);
+}
+
 static void renew_start(struct quota_ctx *ctx)
 {
     struct tg_req *req = ctx->req;
-    if (!req->worker || (!ctx->adm.lim[0].v[TG_QL_CONC] && !ctx->adm.lim[1].v[TG_QL_CONC]))
-        return;
-    struct renew_timer *rt = tg_mem_calloc(1, sizeof(*rt));
-    if (!rt)
-        return; /* the lease then simply expires after LEASE_TTL_MS */
-    rt->ctx = ctx;
-    uv_timer_init(&req->worker->loop, &rt->t);
-    rt->t.data = rt;
-    uv_timer_start(&rt->t, on_renew, LEASE_RENEW_MS, LEASE_RENEW_MS);
-    ctx->renew = rt;
+    struct tg_quota_worker *qw = req->worker ? req->worker->quota : NULL;
+    if (!qw || qw->closing || (!ctx->adm.lim[0].v[TG_QL_CONC] && !ctx->adm.lim[1].v[TG_QL_CONC]))
+        return; /* no renewal: the lease simply expires after LEASE_TTL_MS */
+    renew_link(qw, ctx, uv_now(&req->worker->loop) + LEASE_RENEW_MS);
+    if (!uv_is_active((uv_handle_t *)&qw->renew_timer))
+        uv_timer_start(&qw->renew_timer, on_renew, LEASE_RENEW_MS, 0);
 }
 
 static void renew_stop(struct quota_ctx *ctx)
 {
-    if (!ctx->renew)
-        return;
-    ctx->renew->ctx = NULL;
-    uv_close((uv_handle_t *)&ctx->renew->t, on_renew_closed);
-    ctx->renew = NULL;
+    /* Linked implies the worker's quota state is alive: closing it unlinks all. */
+    if (ctx->renew_linked)
+        renew_unlink(ctx->req->worker->quota, ctx);
 }
 
 /* ---- admission ---- */
@@ -431,7 +486,7 @@ static void decided(struct quota_ctx *ctx, bool sync)
     rl_format(ctx);
     for (unsigned i = 0; i < RL_FIELDS; i++)
         if (ctx->rl_mask & (1u << i))
-            tg_req_reply_extra(req, rl_names[i].base, ctx->rl[i].s);
+            reply_extra(req, rl_names[i], tg_iov_make(ctx->rl[i].s, ctx->rl[i].len));
     if (ctx->dec.allowed) {
         renew_start(ctx);
         if (!sync)
@@ -829,7 +884,8 @@ struct settle_op {
     struct tg_quota_worker *qw;      /* owner */
     struct tg_quota_settle s;        /* strings point into data[] */
     struct tg_redis_call *call;      /* in flight, or NULL */
-    uv_timer_t timer;                /* retry delay */
+    uv_timer_t timer;                /* retry delay, initialised at the first retry */
+    bool timer_live;                 /* timer initialised: free through uv_close */
     unsigned attempts;               /* sends so far */
     char data[];                     /* principal, tenant, lease */
 };
@@ -851,7 +907,10 @@ static void settle_done(struct settle_op *op)
     if (op->next)
         op->next->prev = op->prev;
     qw->nsettles--;
-    uv_close((uv_handle_t *)&op->timer, on_settle_closed);
+    if (op->timer_live)
+        uv_close((uv_handle_t *)&op->timer, on_settle_closed);
+    else
+        tg_mem_free(op); /* the usual case: settled at the first attempt, no handle */
     if (qw->nsettles == 0 && qw->w->draining && !qw->closing)
         tg_worker_conn_gone(qw->w); /* the worker may finish now */
 }
@@ -869,6 +928,11 @@ static void settle_failed(struct settle_op *op, int status)
                     op->s.lease, op->attempts, tg_redis_strerror(status));
         settle_done(op);
         return;
+    }
+    if (!op->timer_live) {
+        uv_timer_init(&op->qw->w->loop, &op->timer);
+        op->timer.data = op;
+        op->timer_live = true;
     }
     uv_timer_start(&op->timer, on_settle_retry, (uint64_t)SETTLE_RETRY_MS << (op->attempts - 1), 0);
 }
@@ -930,8 +994,6 @@ static void settle_redis(struct tg_req *req, const struct tg_quota_settle *s)
     }
     memcpy(d, s->lease, ll);
     op->s.lease = d;
-    uv_timer_init(&req->worker->loop, &op->timer);
-    op->timer.data = op;
     op->next = qw->settles;
     if (qw->settles)
         qw->settles->prev = op;
@@ -1031,6 +1093,11 @@ bool tg_quota_worker_idle(const struct tg_worker *w)
     return !qw || qw->nsettles == 0;
 }
 
+static void on_worker_closed(uv_handle_t *h)
+{
+    tg_mem_free(tg_container_of((uv_timer_t *)h, struct tg_quota_worker, renew_timer));
+}
+
 void tg_quota_worker_close(struct tg_worker *w)
 {
     struct tg_quota_worker *qw = w->quota;
@@ -1043,13 +1110,18 @@ void tg_quota_worker_close(struct tg_worker *w)
             tg_redis_call_cancel(op->call);
             op->call = NULL;
         }
-        uv_timer_stop(&op->timer);
+        if (op->timer_live)
+            uv_timer_stop(&op->timer);
         tg_log_warn("quota", "settlement of %s abandoned at shutdown", op->s.lease);
         settle_done(op);
     }
     drop_redis(qw);
+    /* Requests still holding a lease stop being renewed (their renew_stop
+     * then has nothing to do); the memory goes once the timer has closed. */
+    while (qw->renew_head)
+        renew_unlink(qw, qw->renew_head);
     w->quota = NULL;
-    tg_mem_free(qw);
+    uv_close((uv_handle_t *)&qw->renew_timer, on_worker_closed);
 }
 
 const char *tg_quota_backend_state(const struct tg_config *cfg)
