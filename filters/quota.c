@@ -102,6 +102,7 @@ static uint64_t now_us(void)
 /* ---- per-worker state ---- */
 
 struct settle_op;
+struct quota_ctx;
 
 struct tg_quota_worker {
     struct tg_worker *w;          /* owner */
@@ -113,6 +114,9 @@ struct tg_quota_worker {
     struct settle_op *settles;    /* settlements in flight (doubly linked) */
     unsigned nsettles;            /* count */
     bool closing;                 /* tg_quota_worker_close ran */
+    uv_timer_t renew_timer;       /* due time of renew_head (see "lease renewal") */
+    struct quota_ctx *renew_head; /* requests whose lease is renewed, by due time */
+    struct quota_ctx *renew_tail; /* newest */
 };
 
 static void on_redis_state(void *arg, bool up)
@@ -193,6 +197,7 @@ int tg_quota_worker_init(struct tg_worker *w)
     if (!qw)
         return TG_E_NOMEM;
     qw->w = w;
+    uv_timer_init(&w->loop, &qw->renew_timer); /* cannot fail; closed in tg_quota_worker_close */
     w->quota = qw;
     if (w->cfg->quota.backend == TG_QUOTA_REDIS)
         return make_redis(qw, w->cfg);
@@ -213,6 +218,9 @@ void tg_quota_worker_update(struct tg_worker *w)
 
 /* ---- the request side ---- */
 
+#define RL_FIELDS 6     /* x-ratelimit-{limit,remaining,reset}-{requests,tokens} */
+#define RL_VALUE_MAX 24 /* 20 digits, or "<11 digits>m59.999s", plus NUL */
+
 struct quota_ctx {
     struct tg_req *req;              /* owner */
     struct tg_filter *f;             /* this filter */
@@ -224,8 +232,16 @@ struct quota_ctx {
     struct tg_usage *usage;          /* response reader, or NULL */
     const struct tg_cfg_price *price;/* price of the request's model, or NULL */
     uint64_t output_cap;             /* effective max_tokens for a stream cut; 0 none */
-    struct renew_timer *renew;       /* lease renewal, or NULL */
+    struct quota_ctx *renew_prev;    /* tg_quota_worker's renewal list, while linked */
+    struct quota_ctx *renew_next;
+    uint64_t renew_due;              /* loop time (ms) of the next renewal */
+    bool renew_linked;               /* holds a lease that is being renewed */
     bool rl_headers;                 /* x-ratelimit-* apply to the answer */
+    unsigned rl_mask;                /* bit i: ctx->rl[i] is sent */
+    struct rl_value {
+        char s[RL_VALUE_MAX];        /* NUL-terminated */
+        unsigned char len;
+    } rl[RL_FIELDS];                 /* x-ratelimit-* values, in rl_names order */
 };
 
 /* Reasons (audit) and metric slots of each refusal, scope * TG_QL_COUNT + limit. */
@@ -242,65 +258,98 @@ const char *tg_quota_limit_label(unsigned i)
     return i < TG_QS_COUNT * TG_QL_COUNT ? deny_reason[i] + 6 : "backend_unavailable";
 }
 
-/* OpenAI's duration style for x-ratelimit-reset-*: "120ms", "1s", "1.5s", "6m0s". */
-static void fmt_reset(char *out, size_t n, uint64_t ms)
+/* Write v in decimal at p (no NUL); returns the end.  No snprintf: this runs
+ * six times per limited request. */
+static char *put_u64(char *p, uint64_t v)
 {
+    char tmp[20];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    while (n)
+        *p++ = tmp[--n];
+    return p;
+}
+
+/* OpenAI's duration style for x-ratelimit-reset-*: "120ms", "1s", "1.5s", "6m0s".
+ * out has RL_VALUE_MAX bytes; returns the length (NUL-terminated). */
+static size_t fmt_reset(char *out, uint64_t ms)
+{
+    char *p = out;
     if (ms > UINT64_C(1) << 50)
         ms = UINT64_C(1) << 50; /* keeps every field short */
     if (ms < 1000) {
-        snprintf(out, n, "%llums", (unsigned long long)ms);
-        return;
+        p = put_u64(p, ms);
+        *p++ = 'm';
+    } else {
+        uint64_t m = ms / 60000, rest = ms % 60000;
+        unsigned frac = (unsigned)(rest % 1000);
+        if (m) {
+            p = put_u64(p, m);
+            *p++ = 'm';
+        }
+        p = put_u64(p, rest / 1000);
+        if (frac) {
+            /* Three decimals without their trailing zeros. */
+            *p++ = '.';
+            *p++ = (char)('0' + frac / 100);
+            if (frac % 100) {
+                *p++ = (char)('0' + frac / 10 % 10);
+                if (frac % 10)
+                    *p++ = (char)('0' + frac % 10);
+            }
+        }
     }
-    uint64_t m = ms / 60000, rest = ms % 60000;
-    char sec[16];
-    if (rest % 1000 == 0)
-        snprintf(sec, sizeof(sec), "%llus", (unsigned long long)(rest / 1000));
-    else {
-        int k = snprintf(sec, sizeof(sec), "%llu.%03llu", (unsigned long long)(rest / 1000),
-                         (unsigned long long)(rest % 1000));
-        while (k > 0 && sec[k - 1] == '0')
-            sec[--k] = '\0';
-        snprintf(sec + k, sizeof(sec) - (size_t)k, "s");
-    }
-    if (m)
-        snprintf(out, n, "%llum%s", (unsigned long long)m, sec);
-    else
-        snprintf(out, n, "%s", sec);
+    *p++ = 's';
+    *p = '\0';
+    return (size_t)(p - out);
 }
 
-/* The x-ratelimit-* fields of the caller's per-minute limits, through add(). */
-static void rl_fields(struct quota_ctx *ctx,
-                      void (*add)(struct tg_req *req, const char *name, const char *value))
+/* The x-ratelimit-* field names, in the order they are sent. */
+static const struct tg_iov rl_names[RL_FIELDS] = {
+    TG_IOV_LIT("x-ratelimit-limit-requests"), TG_IOV_LIT("x-ratelimit-remaining-requests"),
+    TG_IOV_LIT("x-ratelimit-reset-requests"), TG_IOV_LIT("x-ratelimit-limit-tokens"),
+    TG_IOV_LIT("x-ratelimit-remaining-tokens"), TG_IOV_LIT("x-ratelimit-reset-tokens"),
+};
+
+/*
+ * Format the x-ratelimit-* values of the caller's per-minute limits once,
+ * into ctx->rl (they go both to the local-reply extras and, later, to the
+ * upstream's response headers).
+ */
+static void rl_format(struct quota_ctx *ctx)
 {
-    static const char *const names[2][3] = {
-        {"x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
-         "x-ratelimit-reset-requests"},
-        {"x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"},
-    };
     static const int lim[2] = {TG_QL_RPM, TG_QL_TPM};
+    ctx->rl_mask = 0;
     for (int i = 0; i < 2; i++) {
         uint64_t l = ctx->adm.lim[TG_QS_PRINCIPAL].v[lim[i]];
         if (!l)
             continue;
-        char v[32];
-        snprintf(v, sizeof(v), "%llu", (unsigned long long)l);
-        add(ctx->req, names[i][0], v);
+        struct rl_value *v = &ctx->rl[3 * i];
         int64_t rem = ctx->dec.remaining[i];
-        snprintf(v, sizeof(v), "%lld", (long long)(rem < 0 ? 0 : rem));
-        add(ctx->req, names[i][1], v);
-        fmt_reset(v, sizeof(v), ctx->dec.reset_ms[i]);
-        add(ctx->req, names[i][2], v);
+        v[0].len = (unsigned char)(put_u64(v[0].s, l) - v[0].s);
+        v[0].s[v[0].len] = '\0';
+        v[1].len = (unsigned char)(put_u64(v[1].s, rem < 0 ? 0 : (uint64_t)rem) - v[1].s);
+        v[1].s[v[1].len] = '\0';
+        v[2].len = (unsigned char)fmt_reset(v[2].s, ctx->dec.reset_ms[i]);
+        ctx->rl_mask |= 7u << (3 * i);
     }
 }
 
-static void add_reply_extra(struct tg_req *req, const char *name, const char *value)
+/*
+ * tg_req_reply_extra() without its copies: it duplicates name and value
+ * into the request arena, but these already live as long (static names,
+ * values in this filter's context, which the arena holds), so the fields
+ * are referenced where they are.  Same bound and order as
+ * tg_req_reply_extra() (extras beyond the array are dropped).
+ */
+static void reply_extra(struct tg_req *req, struct tg_iov name, struct tg_iov value)
 {
-    tg_req_reply_extra(req, name, value);
-}
-
-static void add_resp_header(struct tg_req *req, const char *name, const char *value)
-{
-    tg_req_resp_header_add(req, name, value);
+    if (req->nreply_extra >= sizeof(req->reply_extra) / sizeof(req->reply_extra[0]))
+        return;
+    req->reply_extra[req->nreply_extra++] = (struct tg_header){name, value};
 }
 
 static void count_denial(struct tg_req *req, unsigned slot)
@@ -317,15 +366,15 @@ static void count_backend_error(struct tg_req *req)
 
 /* ---- lease renewal ---- */
 
-struct renew_timer {
-    uv_timer_t t;             /* fires every LEASE_RENEW_MS */
-    struct quota_ctx *ctx;    /* NULL once the request let go */
-};
-
-static void on_renew_closed(uv_handle_t *h)
-{
-    tg_mem_free(h->data);
-}
+/*
+ * Every lease is renewed LEASE_RENEW_MS after its admission and then every
+ * LEASE_RENEW_MS, so due times are in admission order: the requests holding
+ * one are kept on a per-worker FIFO list and a single worker timer fires
+ * for the head (re-armed for the next head), instead of one uv_timer (an
+ * allocation, a heap insert and an asynchronous close) per request.  A
+ * renewed request goes back to the tail with now + LEASE_RENEW_MS, which
+ * keeps the order (libuv's repeating timers reschedule the same way).
+ */
 
 static void on_renew_reply(void *arg, int status, const redisReply *reply)
 {
@@ -335,12 +384,8 @@ static void on_renew_reply(void *arg, int status, const redisReply *reply)
         tg_log_debug("quota", "lease renewal failed: %s", tg_redis_strerror(status));
 }
 
-static void on_renew(uv_timer_t *t)
+static void renew_one(struct tg_quota_worker *qw, struct quota_ctx *ctx)
 {
-    struct renew_timer *rt = t->data;
-    struct quota_ctx *ctx = rt->ctx;
-    if (!ctx)
-        return;
     uint64_t now = now_us();
     switch (ctx->store) {
     case ST_LOCAL:
@@ -352,7 +397,6 @@ static void on_renew(uv_timer_t *t)
                              ctx->adm.lease, LEASE_TTL_MS);
         break;
     case ST_REDIS: {
-        struct tg_quota_worker *qw = ctx->req->worker->quota;
         struct tg_quota_argv a;
         if (!qw->redis ||
             tg_quota_script_renew_args(ctx->adm.principal, ctx->adm.tenant, ctx->adm.lease,
@@ -369,28 +413,66 @@ static void on_renew(uv_timer_t *t)
     }
 }
 
+static void renew_unlink(struct tg_quota_worker *qw, struct quota_ctx *ctx)
+{
+    if (ctx->renew_prev)
+        ctx->renew_prev->renew_next = ctx->renew_next;
+    else
+        qw->renew_head = ctx->renew_next;
+    if (ctx->renew_next)
+        ctx->renew_next->renew_prev = ctx->renew_prev;
+    else
+        qw->renew_tail = ctx->renew_prev;
+    ctx->renew_prev = ctx->renew_next = NULL;
+    ctx->renew_linked = false;
+}
+
+static void renew_link(struct tg_quota_worker *qw, struct quota_ctx *ctx, uint64_t due)
+{
+    ctx->renew_due = due;
+    ctx->renew_next = NULL;
+    ctx->renew_prev = qw->renew_tail;
+    if (qw->renew_tail)
+        qw->renew_tail->renew_next = ctx;
+    else
+        qw->renew_head = ctx;
+    qw->renew_tail = ctx;
+    ctx->renew_linked = true;
+}
+
+static void on_renew(uv_timer_t *t)
+{
+    struct tg_quota_worker *qw = tg_container_of(t, struct tg_quota_worker, renew_timer);
+    uint64_t now = uv_now(t->loop);
+    struct quota_ctx *stop = NULL; /* first request renewed in this run */
+    struct quota_ctx *ctx;
+    while ((ctx = qw->renew_head) != NULL && ctx != stop && ctx->renew_due <= now) {
+        renew_unlink(qw, ctx);
+        renew_link(qw, ctx, now + LEASE_RENEW_MS);
+        if (!stop)
+            stop = ctx;
+        renew_one(qw, ctx);
+    }
+    if (qw->renew_head)
+        uv_timer_start(t, on_renew, qw->renew_head->renew_due - now, 0);
+}
+
 static void renew_start(struct quota_ctx *ctx)
 {
     struct tg_req *req = ctx->req;
-    if (!req->worker || (!ctx->adm.lim[0].v[TG_QL_CONC] && !ctx->adm.lim[1].v[TG_QL_CONC]))
-        return;
-    struct renew_timer *rt = tg_mem_calloc(1, sizeof(*rt));
-    if (!rt)
-        return; /* the lease then simply expires after LEASE_TTL_MS */
-    rt->ctx = ctx;
-    uv_timer_init(&req->worker->loop, &rt->t);
-    rt->t.data = rt;
-    uv_timer_start(&rt->t, on_renew, LEASE_RENEW_MS, LEASE_RENEW_MS);
-    ctx->renew = rt;
+    struct tg_quota_worker *qw = req->worker ? req->worker->quota : NULL;
+    if (!qw || qw->closing || (!ctx->adm.lim[0].v[TG_QL_CONC] && !ctx->adm.lim[1].v[TG_QL_CONC]))
+        return; /* no renewal: the lease simply expires after LEASE_TTL_MS */
+    renew_link(qw, ctx, uv_now(&req->worker->loop) + LEASE_RENEW_MS);
+    if (!uv_is_active((uv_handle_t *)&qw->renew_timer))
+        uv_timer_start(&qw->renew_timer, on_renew, LEASE_RENEW_MS, 0);
 }
 
 static void renew_stop(struct quota_ctx *ctx)
 {
-    if (!ctx->renew)
-        return;
-    ctx->renew->ctx = NULL;
-    uv_close((uv_handle_t *)&ctx->renew->t, on_renew_closed);
-    ctx->renew = NULL;
+    /* Linked implies the worker's quota state is alive: closing it unlinks all. */
+    if (ctx->renew_linked)
+        renew_unlink(ctx->req->worker->quota, ctx);
 }
 
 /* ---- admission ---- */
@@ -401,7 +483,10 @@ static void decided(struct quota_ctx *ctx, bool sync)
     struct tg_req *req = ctx->req;
     req->usage.quota_ms = (double)(uv_hrtime() - ctx->t0) / 1e6;
     ctx->rl_headers = true;
-    rl_fields(ctx, add_reply_extra);
+    rl_format(ctx);
+    for (unsigned i = 0; i < RL_FIELDS; i++)
+        if (ctx->rl_mask & (1u << i))
+            reply_extra(req, rl_names[i], tg_iov_make(ctx->rl[i].s, ctx->rl[i].len));
     if (ctx->dec.allowed) {
         renew_start(ctx);
         if (!sync)
@@ -731,18 +816,32 @@ static int xform(struct tg_req *req, const char *p, size_t n, bool end)
     return end ? tg_req_response_emit(req, NULL, 0, true) : 0;
 }
 
+/* Drop every x-ratelimit-* field of rl_names from l, in one pass. */
+static void rl_strip(struct tg_hlist *l)
+{
+    size_t out = 0;
+    for (size_t i = 0; i < l->n; i++) {
+        struct tg_iov n = l->v[i].name;
+        bool ours = false;
+        if (n.len >= 24 && memcmp(n.base, "x-ratelimit-", 12) == 0)
+            for (unsigned k = 0; k < RL_FIELDS && !ours; k++)
+                ours = tg_iov_eq(n, rl_names[k]);
+        if (!ours)
+            l->v[out++] = l->v[i];
+    }
+    l->n = out;
+}
+
 static enum tg_filter_status on_response_headers(struct tg_filter *f, struct tg_req *req)
 {
     struct quota_ctx *ctx = f->ctx;
     if (ctx->rl_headers) {
         /* Ours describe the caller's tollgate limits; an upstream's own would mislead. */
-        static const char *const names[] = {
-            "x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
-            "x-ratelimit-reset-requests", "x-ratelimit-limit-tokens",
-            "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"};
-        for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
-            tg_hlist_remove(&req->resp_headers, names[i]);
-        rl_fields(ctx, add_resp_header);
+        rl_strip(&req->resp_headers);
+        for (unsigned i = 0; i < RL_FIELDS; i++)
+            if (ctx->rl_mask & (1u << i))
+                tg_hlist_add(&req->resp_headers, &req->arena, rl_names[i],
+                             tg_iov_make(ctx->rl[i].s, ctx->rl[i].len));
     }
     if (!req->openai.inspected || req->status < 200 || req->status >= 300 || req->head_only)
         return TG_FILTER_CONTINUE;
@@ -785,7 +884,8 @@ struct settle_op {
     struct tg_quota_worker *qw;      /* owner */
     struct tg_quota_settle s;        /* strings point into data[] */
     struct tg_redis_call *call;      /* in flight, or NULL */
-    uv_timer_t timer;                /* retry delay */
+    uv_timer_t timer;                /* retry delay, initialised at the first retry */
+    bool timer_live;                 /* timer initialised: free through uv_close */
     unsigned attempts;               /* sends so far */
     char data[];                     /* principal, tenant, lease */
 };
@@ -807,7 +907,10 @@ static void settle_done(struct settle_op *op)
     if (op->next)
         op->next->prev = op->prev;
     qw->nsettles--;
-    uv_close((uv_handle_t *)&op->timer, on_settle_closed);
+    if (op->timer_live)
+        uv_close((uv_handle_t *)&op->timer, on_settle_closed);
+    else
+        tg_mem_free(op); /* the usual case: settled at the first attempt, no handle */
     if (qw->nsettles == 0 && qw->w->draining && !qw->closing)
         tg_worker_conn_gone(qw->w); /* the worker may finish now */
 }
@@ -825,6 +928,11 @@ static void settle_failed(struct settle_op *op, int status)
                     op->s.lease, op->attempts, tg_redis_strerror(status));
         settle_done(op);
         return;
+    }
+    if (!op->timer_live) {
+        uv_timer_init(&op->qw->w->loop, &op->timer);
+        op->timer.data = op;
+        op->timer_live = true;
     }
     uv_timer_start(&op->timer, on_settle_retry, (uint64_t)SETTLE_RETRY_MS << (op->attempts - 1), 0);
 }
@@ -886,8 +994,6 @@ static void settle_redis(struct tg_req *req, const struct tg_quota_settle *s)
     }
     memcpy(d, s->lease, ll);
     op->s.lease = d;
-    uv_timer_init(&req->worker->loop, &op->timer);
-    op->timer.data = op;
     op->next = qw->settles;
     if (qw->settles)
         qw->settles->prev = op;
@@ -987,6 +1093,11 @@ bool tg_quota_worker_idle(const struct tg_worker *w)
     return !qw || qw->nsettles == 0;
 }
 
+static void on_worker_closed(uv_handle_t *h)
+{
+    tg_mem_free(tg_container_of((uv_timer_t *)h, struct tg_quota_worker, renew_timer));
+}
+
 void tg_quota_worker_close(struct tg_worker *w)
 {
     struct tg_quota_worker *qw = w->quota;
@@ -999,13 +1110,18 @@ void tg_quota_worker_close(struct tg_worker *w)
             tg_redis_call_cancel(op->call);
             op->call = NULL;
         }
-        uv_timer_stop(&op->timer);
+        if (op->timer_live)
+            uv_timer_stop(&op->timer);
         tg_log_warn("quota", "settlement of %s abandoned at shutdown", op->s.lease);
         settle_done(op);
     }
     drop_redis(qw);
+    /* Requests still holding a lease stop being renewed (their renew_stop
+     * then has nothing to do); the memory goes once the timer has closed. */
+    while (qw->renew_head)
+        renew_unlink(qw, qw->renew_head);
     w->quota = NULL;
-    tg_mem_free(qw);
+    uv_close((uv_handle_t *)&qw->renew_timer, on_worker_closed);
 }
 
 const char *tg_quota_backend_state(const struct tg_config *cfg)

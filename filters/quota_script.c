@@ -1,46 +1,58 @@
 /*
  * quota_script.c - EVALSHA arguments and reply decoding for the scripts of lua/.
  *
- * The arguments are built in a fixed-size stack buffer first (every piece
- * has a known ceiling: bases, the lease, 20-digit numbers), then copied into
- * one heap block, so a call costs one allocation and cannot grow unbounded.
+ * The arguments are built straight into the caller's struct tg_quota_argv
+ * (every piece has a known ceiling: bases, the lease, 20-digit numbers), so
+ * a call costs no allocation and cannot grow unbounded.  Numbers are written
+ * with a small decimal conversion, not snprintf: this runs twice per request.
  */
 #include "filters/quota_script.h"
 
 #include "filters/quota_common.h"
 #include "proxy/err.h"
-#include "proxy/mem.h"
 
-#include <inttypes.h>
 #include <stdbool.h>
-#include <stdio.h>
 #include <string.h>
 
 #define NUM_MAX 21 /* a uint64 or int64 in decimal plus NUL */
-#define BUILD_MAX (2 * TG_QUOTA_BASE_MAX + TG_QUOTA_LEASE_MAX + 1 + TG_QUOTA_ARGV_MAX * NUM_MAX)
 
-/* Arguments under construction: offsets into a stack buffer. */
+/* Arguments under construction in out->buf. */
 struct builder {
-    char buf[BUILD_MAX];
+    struct tg_quota_argv *out;
     size_t used;
-    int argc;
-    size_t off[TG_QUOTA_ARGV_MAX];
-    size_t len[TG_QUOTA_ARGV_MAX];
     bool overflow;
 };
 
+static void builder_init(struct builder *b, struct tg_quota_argv *out)
+{
+    out->argc = 0;
+    b->out = out;
+    b->used = 0;
+    b->overflow = false;
+}
+
+/* Room for one more argument of n bytes plus its NUL, or NULL (overflow). */
+static char *slot(struct builder *b, size_t n)
+{
+    struct tg_quota_argv *a = b->out;
+    if (b->overflow || a->argc >= TG_QUOTA_ARGV_MAX || b->used + n + 1 > sizeof(a->buf)) {
+        b->overflow = true;
+        return NULL;
+    }
+    char *p = a->buf + b->used;
+    p[n] = '\0';
+    a->argv[a->argc] = p;
+    a->argvlen[a->argc] = n;
+    a->argc++;
+    b->used += n + 1;
+    return p;
+}
+
 static void put(struct builder *b, const char *s, size_t n)
 {
-    if (b->overflow || b->argc >= TG_QUOTA_ARGV_MAX || b->used + n + 1 > sizeof(b->buf)) {
-        b->overflow = true;
-        return;
-    }
-    memcpy(b->buf + b->used, s, n);
-    b->buf[b->used + n] = '\0';
-    b->off[b->argc] = b->used;
-    b->len[b->argc] = n;
-    b->argc++;
-    b->used += n + 1;
+    char *p = slot(b, n);
+    if (p)
+        memcpy(p, s, n);
 }
 
 static void put_str(struct builder *b, const char *s)
@@ -51,35 +63,51 @@ static void put_str(struct builder *b, const char *s)
 static void put_u64(struct builder *b, uint64_t v)
 {
     char tmp[NUM_MAX];
-    int n = snprintf(tmp, sizeof(tmp), "%" PRIu64, v);
-    put(b, tmp, (size_t)n);
+    char *e = tmp + sizeof(tmp), *q = e;
+    do {
+        *--q = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    put(b, q, (size_t)(e - q));
 }
 
 static void put_i64(struct builder *b, int64_t v)
 {
+    if (v >= 0) {
+        put_u64(b, (uint64_t)v);
+        return;
+    }
     char tmp[NUM_MAX];
-    int n = snprintf(tmp, sizeof(tmp), "%" PRId64, v);
-    put(b, tmp, (size_t)n);
+    uint64_t u = -(uint64_t)v;
+    char *e = tmp + sizeof(tmp), *q = e;
+    do {
+        *--q = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    *--q = '-';
+    put(b, q, (size_t)(e - q));
 }
 
-/* numkeys and the one or two key bases. */
+/* numkeys and the one or two key bases, written in place. */
 static int put_keys(struct builder *b, const char *prefix, const char *principal,
                     const char *tenant)
 {
-    char base[TG_QUOTA_BASE_MAX];
     bool has_tenant = tg_quota_has_tenant(tenant);
+    char *room;
+    size_t left;
     int n;
 
-    put_str(b, has_tenant ? "2" : "1");
-    n = tg_quota_base(base, sizeof(base), prefix ? prefix : "", TG_QS_PRINCIPAL, principal);
-    if (n < 0)
-        return n;
-    put(b, base, (size_t)n);
-    if (has_tenant) {
-        n = tg_quota_base(base, sizeof(base), prefix ? prefix : "", TG_QS_TENANT, tenant);
+    put(b, has_tenant ? "2" : "1", 1);
+    for (int s = 0; s < (has_tenant ? 2 : 1); s++) {
+        if (b->overflow)
+            return TG_E_INVALID;
+        room = b->out->buf + b->used;
+        left = sizeof(b->out->buf) - b->used;
+        n = tg_quota_base(room, left, prefix ? prefix : "", s ? TG_QS_TENANT : TG_QS_PRINCIPAL,
+                          s ? tenant : principal);
         if (n < 0)
             return n;
-        put(b, base, (size_t)n);
+        slot(b, (size_t)n); /* claims the bytes just written (and their NUL) */
     }
     return 0;
 }
@@ -92,34 +120,19 @@ static void put_limits(struct builder *b, const struct tg_quota_limits lim[TG_QS
             put_u64(b, lim[s].v[l]);
 }
 
-/* Move the built arguments into out's single heap block. */
-static int finish(const struct builder *b, struct tg_quota_argv *out)
+static int finish(const struct builder *b)
 {
-    if (b->overflow)
+    if (b->overflow) {
+        b->out->argc = 0;
         return TG_E_INVALID;
-    out->buf = tg_mem_malloc(b->used);
-    if (!out->buf)
-        return TG_E_NOMEM;
-    memcpy(out->buf, b->buf, b->used);
-    for (int i = 0; i < b->argc; i++) {
-        out->argv[i] = out->buf + b->off[i];
-        out->argvlen[i] = b->len[i];
     }
-    out->argc = b->argc;
     return 0;
-}
-
-static void reset(struct tg_quota_argv *a)
-{
-    memset(a, 0, sizeof(*a));
 }
 
 void tg_quota_argv_dispose(struct tg_quota_argv *a)
 {
-    if (!a)
-        return;
-    tg_mem_free(a->buf);
-    reset(a);
+    if (a)
+        a->argc = 0;
 }
 
 int tg_quota_script_admit_args(const struct tg_quota_admit *req, const char *prefix,
@@ -128,22 +141,21 @@ int tg_quota_script_admit_args(const struct tg_quota_admit *req, const char *pre
     struct builder b;
     int rv;
 
-    reset(out);
+    builder_init(&b, out);
     rv = tg_quota_admit_check(req);
     if (rv < 0)
         return rv;
-    b.used = 0;
-    b.argc = 0;
-    b.overflow = false;
     rv = put_keys(&b, prefix, req->principal, req->tenant);
-    if (rv < 0)
+    if (rv < 0) {
+        out->argc = 0;
         return rv;
+    }
     put_u64(&b, req->tokens);
     put_u64(&b, req->cost);
     put_str(&b, req->lease);
     put_u64(&b, req->lease_ttl_ms);
     put_limits(&b, req->lim, tg_quota_has_tenant(req->tenant));
-    return finish(&b, out);
+    return finish(&b);
 }
 
 int tg_quota_script_settle_args(const struct tg_quota_settle *req, const char *prefix,
@@ -152,16 +164,15 @@ int tg_quota_script_settle_args(const struct tg_quota_settle *req, const char *p
     struct builder b;
     int rv;
 
-    reset(out);
+    builder_init(&b, out);
     rv = tg_quota_settle_check(req);
     if (rv < 0)
         return rv;
-    b.used = 0;
-    b.argc = 0;
-    b.overflow = false;
     rv = put_keys(&b, prefix, req->principal, req->tenant);
-    if (rv < 0)
+    if (rv < 0) {
+        out->argc = 0;
         return rv;
+    }
     put_str(&b, req->lease);
     put_u64(&b, req->tokens_reserved);
     put_u64(&b, req->tokens_actual);
@@ -170,7 +181,7 @@ int tg_quota_script_settle_args(const struct tg_quota_settle *req, const char *p
     put_i64(&b, req->day);
     put_i64(&b, req->month);
     put_limits(&b, req->lim, tg_quota_has_tenant(req->tenant));
-    return finish(&b, out);
+    return finish(&b);
 }
 
 int tg_quota_script_renew_args(const char *principal, const char *tenant, const char *lease,
@@ -180,18 +191,17 @@ int tg_quota_script_renew_args(const char *principal, const char *tenant, const 
     size_t ll = lease ? strnlen(lease, TG_QUOTA_LEASE_MAX + 1) : 0;
     int rv;
 
-    reset(out);
+    builder_init(&b, out);
     if (ll == 0 || ll > TG_QUOTA_LEASE_MAX || ttl_ms < 1 || ttl_ms > TG_QUOTA_VALUE_MAX)
         return TG_E_INVALID;
-    b.used = 0;
-    b.argc = 0;
-    b.overflow = false;
     rv = put_keys(&b, prefix, principal, tenant);
-    if (rv < 0)
+    if (rv < 0) {
+        out->argc = 0;
         return rv;
+    }
     put(&b, lease, ll);
     put_u64(&b, ttl_ms);
-    return finish(&b, out);
+    return finish(&b);
 }
 
 /* The i-th element of an array reply as an integer; false if it is anything else. */

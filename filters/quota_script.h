@@ -36,30 +36,35 @@
 #include <hiredis/hiredis.h>
 
 #include "filters/quota-t.h"
+#include "filters/quota_common.h"
 
 /* numkeys + 2 keys + 19 ARGV (settle with a tenant) is the longest call. */
 #define TG_QUOTA_ARGV_MAX 22
+/* Every piece has a ceiling: two bases, a lease, numbers of at most 20 digits, NULs. */
+#define TG_QUOTA_ARGV_BUF (2 * TG_QUOTA_BASE_MAX + TG_QUOTA_LEASE_MAX + 1 + TG_QUOTA_ARGV_MAX * 21)
 
 /*
  * One script call's arguments after "EVALSHA <sha>".  Caller-provided
- * storage filled by a *_args function; the strings live in one heap buffer
- * owned by the struct until tg_quota_argv_dispose().
+ * storage (a few KiB, meant for the stack) filled by a *_args function; the
+ * strings live in the struct itself, so building arguments never allocates,
+ * and the struct must not be copied while argv is in use (argv points into
+ * buf).  Valid until tg_quota_argv_dispose() or the next *_args call.
  */
 struct tg_quota_argv {
     int argc;                            /* entries used in argv/argvlen */
     const char *argv[TG_QUOTA_ARGV_MAX]; /* NUL-terminated strings inside buf */
     size_t argvlen[TG_QUOTA_ARGV_MAX];   /* their lengths (hiredis argvlen) */
-    char *buf;                           /* backing storage (tg_mem), NULL when empty */
+    char buf[TG_QUOTA_ARGV_BUF];         /* backing storage */
 };
 
-/* Free the strings and reset the struct (argc 0).  Safe on a zeroed or disposed struct. */
+/* Reset the struct (argc 0).  Safe on a zeroed or disposed struct; nothing to free. */
 void tg_quota_argv_dispose(struct tg_quota_argv *a);
 
 /*
  * Fill out with the arguments of admit.lua for req under key prefix
- * ("tg:"; NULL means "").  0, TG_E_INVALID (tg_quota_admit_check() failed or
- * prefix too long) or TG_E_NOMEM; on failure out is left empty (argc 0,
- * buf NULL) and disposing it is harmless.
+ * ("tg:"; NULL means "").  0, or TG_E_INVALID (tg_quota_admit_check() failed
+ * or prefix too long); on failure out is left empty (argc 0) and disposing
+ * it is harmless.  Never allocates.
  */
 int tg_quota_script_admit_args(const struct tg_quota_admit *req, const char *prefix,
                                struct tg_quota_argv *out);

@@ -116,10 +116,68 @@ struct tg_redis_call {
     unsigned script;            /* index in r->scripts */
     bool linked;                /* on r's list: the current connection holds it */
     bool resent;                /* already re-sent as EVAL after NOSCRIPT */
-    int argc;                   /* argv entries including the two command slots */
-    const char **argv;          /* [0] EVALSHA/EVAL, [1] sha/body, then the caller's */
-    size_t *argvlen;            /* lengths of argv */
+    int argc;                   /* the caller's arguments */
+    size_t tail_len;            /* bytes of the caller's arguments in RESP, at cmd + HDR_MAX */
+    char cmd[];                 /* HDR_MAX bytes for the EVALSHA head, then the tail */
 };
+
+/*
+ * Commands are sent already in RESP (redisAsyncFormattedCommand): the
+ * caller's arguments are encoded once, in the call's own allocation, behind
+ * room for the longest "*<n>\r\n$7\r\nEVALSHA\r\n$40\r\n<sha>\r\n" head
+ * (n <= MAX_ARGS + 2, four digits).  A NOSCRIPT re-send builds "EVAL <body>"
+ * plus the same tail in a temporary buffer.  hiredis copies the command into
+ * its output buffer, so neither needs to outlive the send.
+ */
+#define HDR_MAX 72
+
+/* Decimal digits of v. */
+static size_t dec_len(uint64_t v)
+{
+    size_t n = 1;
+    while (v >= 10) {
+        v /= 10;
+        n++;
+    }
+    return n;
+}
+
+/* Write v in decimal at p (dec_len(v) bytes, no NUL); returns the end. */
+static char *put_dec(char *p, uint64_t v)
+{
+    char *e = p + dec_len(v), *q = e;
+    do {
+        *--q = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return e;
+}
+
+/* "*<argc>\r\n$<len(a0)>\r\n<a0>\r\n$<len(a1)>\r\n<a1>\r\n" into p; returns the end. */
+static char *put_head(char *p, int argc, const char *a0, size_t l0, const char *a1, size_t l1)
+{
+    *p++ = '*';
+    p = put_dec(p, (uint64_t)argc);
+    *p++ = '\r';
+    *p++ = '\n';
+    *p++ = '$';
+    p = put_dec(p, l0);
+    *p++ = '\r';
+    *p++ = '\n';
+    memcpy(p, a0, l0);
+    p += l0;
+    *p++ = '\r';
+    *p++ = '\n';
+    *p++ = '$';
+    p = put_dec(p, l1);
+    *p++ = '\r';
+    *p++ = '\n';
+    memcpy(p, a1, l1);
+    p += l1;
+    *p++ = '\r';
+    *p++ = '\n';
+    return p;
+}
 
 static void on_state_timer(uv_timer_t *t);
 static void on_call_timer(uv_timer_t *t);
@@ -170,23 +228,31 @@ static void finish(struct tg_redis_call *c, int status, const redisReply *reply)
 
 static void on_reply(redisAsyncContext *ac, void *rep, void *privdata);
 
-/* Queue c on r->ac as EVALSHA, or EVAL once resent is set.  0 or TG_REDIS_E_DOWN. */
+/* Queue c on r->ac as EVALSHA, or EVAL once resent is set.  0, TG_REDIS_E_DOWN or TG_E_NOMEM. */
 static int send_call(struct tg_redis *r, struct tg_redis_call *c)
 {
     const struct script *s = &r->scripts[c->script];
-    if (c->resent) {
-        c->argv[0] = "EVAL";
-        c->argvlen[0] = 4;
-        c->argv[1] = s->body;
-        c->argvlen[1] = s->len;
+    const char *tail = c->cmd + HDR_MAX;
+    int rv;
+    if (!c->resent) {
+        char head[HDR_MAX];
+        size_t hl = (size_t)(put_head(head, c->argc + 2, "EVALSHA", 7, s->sha, SHA_HEX) - head);
+        char *start = c->cmd + HDR_MAX - hl;
+        memcpy(start, head, hl);
+        rv = redisAsyncFormattedCommand(r->ac, on_reply, c, start, hl + c->tail_len);
     } else {
-        c->argv[0] = "EVALSHA";
-        c->argvlen[0] = 7;
-        c->argv[1] = s->sha;
-        c->argvlen[1] = SHA_HEX;
+        /* Rare (script cache flushed): a temporary "EVAL <body>" copy. */
+        size_t size = HDR_MAX + s->len + c->tail_len;
+        char *cmd = tg_mem_malloc(size);
+        if (!cmd)
+            return TG_E_NOMEM;
+        char *p = put_head(cmd, c->argc + 2, "EVAL", 4, s->body, s->len);
+        memcpy(p, tail, c->tail_len);
+        rv = redisAsyncFormattedCommand(r->ac, on_reply, c, cmd, (size_t)(p - cmd) + c->tail_len);
+        tg_mem_free(cmd);
     }
     /* REDIS_ERR here means no callback will ever come (THREATS §4.3.4). */
-    if (redisAsyncCommandArgv(r->ac, on_reply, c, c->argc, c->argv, c->argvlen) != REDIS_OK)
+    if (rv != REDIS_OK)
         return TG_REDIS_E_DOWN;
     link_tail(r, c);
     return 0;
@@ -613,15 +679,14 @@ int tg_redis_eval(struct tg_redis *r, unsigned script, int argc, const char **ar
     if (r->st.inflight >= r->max_inflight)
         return TG_REDIS_E_BUSY;
 
-    /* One allocation: the call, argv[argc + 2], argvlen[argc + 2], the bytes. */
-    size_t n = (size_t)argc + 2;
-    size_t size = sizeof(struct tg_redis_call) + n * (sizeof(char *) + sizeof(size_t));
+    /* One allocation: the call, room for the head, the arguments in RESP. */
+    size_t tail = 0;
     for (int i = 0; i < argc; i++) {
-        if (argvlen[i] > SIZE_MAX - size)
+        if (argvlen[i] > SIZE_MAX / 4 || tail > SIZE_MAX / 4)
             return TG_E_INVALID;
-        size += argvlen[i];
+        tail += 1 + dec_len(argvlen[i]) + 2 + argvlen[i] + 2; /* $<len>\r\n<arg>\r\n */
     }
-    struct tg_redis_call *c = tg_mem_malloc(size);
+    struct tg_redis_call *c = tg_mem_malloc(sizeof(*c) + HDR_MAX + tail);
     if (!c)
         return TG_E_NOMEM;
     memset(c, 0, sizeof(*c));
@@ -629,16 +694,19 @@ int tg_redis_eval(struct tg_redis *r, unsigned script, int argc, const char **ar
     c->cb = cb;
     c->arg = arg;
     c->script = script;
-    c->argc = (int)n;
-    c->argv = (const char **)(c + 1);
-    c->argvlen = (size_t *)(c->argv + n);
-    char *p = (char *)(c->argvlen + n);
+    c->argc = argc;
+    c->tail_len = tail;
+    char *p = c->cmd + HDR_MAX;
     for (int i = 0; i < argc; i++) {
+        *p++ = '$';
+        p = put_dec(p, argvlen[i]);
+        *p++ = '\r';
+        *p++ = '\n';
         if (argvlen[i])
             memcpy(p, argv[i], argvlen[i]);
-        c->argv[i + 2] = p;
-        c->argvlen[i + 2] = argvlen[i];
         p += argvlen[i];
+        *p++ = '\r';
+        *p++ = '\n';
     }
     int rv = send_call(r, c);
     if (rv < 0) {

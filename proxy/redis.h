@@ -20,6 +20,13 @@
  * While the client is not up, tg_redis_eval() fails fast: it returns
  * TG_REDIS_E_DOWN and never calls back.  There is no queueing while down.
  *
+ * Writes.  tg_redis_eval() only queues the command (already encoded in
+ * RESP); everything queued during one loop iteration goes out in one
+ * write(2) just before the loop next blocks (a uv_prepare handle, see
+ * redis_uv.c), so the commands of many requests share a write and, usually,
+ * no epoll_ctl is needed.  POLLOUT is watched only while the socket buffer
+ * is full.
+ *
  * Threads: a client and its calls belong to the loop thread that created
  * them; nothing here is thread-safe.  Nothing blocks the loop: the address
  * must be numeric (resolve names off the loop first).  hiredis writes with

@@ -396,6 +396,52 @@ static void test_eval_pipeline(void **state)
     assert_int_equal(st.noscript, 1); /* only the very first eval on a fresh server */
 }
 
+/*
+ * 1b. Writes larger than the socket buffer: the adapter writes once per loop
+ * iteration and, when output is left over, waits for POLLOUT until it is
+ * all out; then small commands go out through the coalesced path again.
+ */
+#define BIG_CALLS 64
+#define BIG_LEN (256 * 1024)
+static void test_large_writes(void **state)
+{
+    struct env *e = *state;
+    struct tg_redis_opts o;
+    opts_init(&o, "127.0.0.1", e->port);
+    client_up(e, &o);
+    char *big = malloc(BIG_LEN);
+    assert_non_null(big);
+    static struct res many[BIG_CALLS];
+    memset(many, 0, sizeof(many));
+    for (int i = 0; i < BIG_CALLS; i++) {
+        /* tonumber("000...0<i>") == i */
+        memset(big, '0', BIG_LEN);
+        int n = snprintf(big + BIG_LEN - 8, 8, "%07d", i);
+        assert_int_equal(n, 7);
+        const char *argv[] = {"0", big};
+        size_t lens[] = {1, BIG_LEN - 1};
+        assert_int_equal(tg_redis_eval(e->r, S_ARRAY, 2, argv, lens, on_res, &many[i], NULL), 0);
+    }
+    free(big);
+    assert_true(run_until(e, no_inflight, e->r, RUN_MS));
+    for (int i = 0; i < BIG_CALLS; i++) {
+        assert_int_equal(many[i].calls, 1);
+        assert_int_equal(many[i].status, TG_REDIS_OK);
+        assert_int_equal(many[i].v0, i);
+    }
+    for (int k = 0; k < 3; k++) {
+        struct res x = {0};
+        assert_int_equal(eval_array(e, 40 + k, &x, NULL), 0);
+        assert_true(run_until(e, calls_at_least, &x, RUN_MS));
+        assert_int_equal(x.status, TG_REDIS_OK);
+        assert_int_equal(x.v0, 40 + k);
+    }
+    struct tg_redis_stats st;
+    tg_redis_stats(e->r, &st);
+    assert_int_equal(st.timeouts, 0);
+    assert_int_equal(st.disconnects, 0);
+}
+
 /* 2. SCRIPT FLUSH: one EVAL per affected call, then EVALSHA again. */
 static void test_noscript(void **state)
 {
@@ -920,6 +966,7 @@ int main(void)
     signal(SIGPIPE, SIG_IGN); /* as server.c does: writes to a killed Redis */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_eval_pipeline, setup_redis, teardown),
+        cmocka_unit_test_setup_teardown(test_large_writes, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_noscript, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_timeout, setup_redis, teardown),
         cmocka_unit_test_setup_teardown(test_killed, setup_redis, teardown),
