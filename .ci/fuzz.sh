@@ -7,9 +7,9 @@ cd "$(dirname "$0")/.."
 SECS=${FUZZ_SECONDS:-20}
 JOBS=$(nproc 2>/dev/null || echo 2)
 CC=clang cmake -S . -B build-fuzz -DCMAKE_BUILD_TYPE=Debug -DTG_FUZZ=ON >/dev/null
-cmake --build build-fuzz -j "$JOBS" --target fuzz_h1_head fuzz_chunked fuzz_jwt fuzz_audit_verify fuzz_sse_usage
+cmake --build build-fuzz -j "$JOBS" --target fuzz_h1_head fuzz_chunked fuzz_jwt fuzz_audit_verify fuzz_sse_usage fuzz_redis_reply
 export TG_TEST_DATA="$PWD/tests/data"
-for t in h1_head chunked jwt audit_verify sse_usage; do
+for t in h1_head chunked jwt audit_verify sse_usage redis_reply; do
     scratch="build-fuzz/corpus-$t"
     mkdir -p "$scratch"
     extra=""
@@ -24,4 +24,4 @@ for t in h1_head chunked jwt audit_verify sse_usage; do
         { tail -40 "build-fuzz/fuzz-$t.log"; exit 1; }
     grep -E "^Done|DONE" "build-fuzz/fuzz-$t.log" | tail -1 || true
 done
-echo "fuzz smoke ok: 5 targets, no crash"
+echo "fuzz smoke ok: 6 targets, no crash"

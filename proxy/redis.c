@@ -40,6 +40,8 @@
  */
 #include "proxy/redis.h"
 
+#include "proxy/redis_reply.h"
+
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <inttypes.h>
@@ -454,6 +456,8 @@ static void start_connect(struct tg_redis *r)
         redisAsyncFree(ac);
         goto fail;
     }
+    /* Bounded, pooled reply objects (a hostile "*4000000000" allocates nothing). */
+    ac->c.reader->fn = &tg_redis_reply_fns;
     int rv = tg_redis_uv_attach(ac, r->loop);
     if (rv < 0) {
         tg_log_error(MOD, "connect to %s:%d: %s", r->host, r->port, tg_strerror(rv));

@@ -1,6 +1,7 @@
 #include "proxy/worker.h"
 
 #include "filters/quota.h"
+#include "proxy/redis_reply.h"
 
 #include <stdio.h>
 #include <string.h>
@@ -265,6 +266,7 @@ static void thread_main(void *arg)
     tg_audit_thread_exit();
     uv_run(&w->loop, UV_RUN_DEFAULT); /* the closed timer's callback */
     tg_authn_thread_exit();
+    tg_redis_reply_thread_exit();
     atomic_store(&w->finished, true);
 }
 
