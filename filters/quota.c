@@ -752,7 +752,12 @@ static enum tg_filter_status on_request_headers(struct tg_filter *f, struct tg_r
     ctx->req = req;
     ctx->f = f;
     if (req->openai.inspected) {
-        if (request_limits(ctx) < 0)
+        int rl = request_limits(ctx);
+        /* The parsed body is not needed past here: give its ~20 small
+         * blocks back now, while they are hot, not at the end of a stream. */
+        json_decref(req->openai.doc);
+        req->openai.doc = NULL;
+        if (rl < 0)
             return TG_FILTER_REPLIED;
         ctx->price = tg_config_find_price(req->cfg, req->model);
     }
