@@ -107,13 +107,19 @@ class Tollgate:
                 self.log.close()
                 # A port from free_port() can be taken (e.g. as a client's ephemeral
                 # port) before tollgate binds it: pick new ones and try again.
-                if attempt == 2 or "address already in use" not in self.stderr():
-                    raise RuntimeError(f"tollgate did not start:\n{self.stderr()}")
+                # Two free_port() calls can also return the same port (admin
+                # and a listener): the loader refuses that; pick again too.
+                err = self.stderr()
+                if attempt == 2 or ("address already in use" not in err and
+                                    "is already used by" not in err):
+                    raise RuntimeError(f"tollgate did not start:\n{err}")
                 if self.proc.poll() is None:
                     self.proc.kill()
                 self.proc.wait()
                 for lst in cfg["listeners"]:
                     lst["port"] = free_port()
+                if isinstance(cfg.get("admin"), dict) and "port" in cfg["admin"]:
+                    cfg["admin"]["port"] = free_port()
 
     @property
     def pid(self):
