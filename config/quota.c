@@ -11,6 +11,8 @@
 #include "config/schema.h"
 
 #include <fnmatch.h>
+#include <netdb.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "config/config.h"
@@ -264,13 +266,40 @@ static int parse_redis(struct tg_cfg_ctx *ctx, json_t *v, void *obj)
                              q);
     if (rv)
         return rv;
-    /* A numeric address only: hiredis would resolve a name on the event loop. */
+    /*
+     * A host name is resolved here, while the configuration loads (off the
+     * event loops): hiredis would otherwise call getaddrinfo on a worker's
+     * loop.  The first address is used until the next reload.
+     */
     if (tg_config_numeric_addr(q->redis_address, q->redis_port, &q->redis_addr,
-                               &q->redis_addrlen) != 0) {
-        size_t saved = tg_schema_push_key(ctx, "address");
-        rv = tg_schema_err(ctx, "expected a numeric IPv4 or IPv6 address");
-        tg_schema_pop(ctx, saved);
+                               &q->redis_addrlen) == 0)
+        return 0;
+    struct addrinfo hints, *res = NULL;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICSERV;
+    char port[8], qn[100];
+    snprintf(port, sizeof(port), "%u", (unsigned)q->redis_port);
+    size_t saved = tg_schema_push_key(ctx, "address");
+    bool host_ok = q->redis_address[0] != '\0';
+    for (const char *c = q->redis_address; *c && host_ok; c++)
+        host_ok = (*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') ||
+                  (*c >= '0' && *c <= '9') || *c == '-' || *c == '.' || *c == '_';
+    int gai = host_ok ? getaddrinfo(q->redis_address, port, &hints, &res) : EAI_NONAME;
+    if (gai != 0 || !res || res->ai_addrlen > sizeof(q->redis_addr)) {
+        rv = tg_schema_err(ctx, "cannot resolve %s: %s",
+                           tg_schema_quote(q->redis_address, qn, sizeof(qn)),
+                           !host_ok ? "not an IP address or host name"
+                           : gai ? gai_strerror(gai)
+                                 : "no usable address");
+    } else {
+        memcpy(&q->redis_addr, res->ai_addr, res->ai_addrlen);
+        q->redis_addrlen = res->ai_addrlen;
     }
+    if (res)
+        freeaddrinfo(res);
+    tg_schema_pop(ctx, saved);
     return rv;
 }
 

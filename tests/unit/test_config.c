@@ -440,8 +440,8 @@ static const struct bad_case bad_cases[] = {
     {"bad-pricing-negative.json", "pricing.m-*.input_per_million: expected an amount in dollars",
      NULL},
     {"bad-audit-no-key.json", "audit.hmac_key_env: required key is missing", NULL},
-    {"bad-quota-address.json",
-     "quota.redis.address: expected a numeric IPv4 or IPv6 address", NULL},
+    {"bad-quota-address.json", "quota.redis.address: cannot resolve \"no-such-host.invalid\": ",
+     NULL},
     {"bad-quota-fail-mode.json",
      "quota.on_backend_error: expected one of \"local\", \"deny\", \"allow\"", NULL},
     {"bad-log-level.json",
@@ -664,6 +664,12 @@ static void test_quota_section(void **state)
     assert_int_equal(c->quota.instances, 4);
     assert_int_equal(c->quota.default_output_reservation, 512);
     tg_config_unref(c);
+
+    /* A host name is resolved at load time (never by hiredis on a loop). */
+    struct tg_config *h = load_ok("config/valid-quota-hostname.json");
+    assert_int_equal(h->quota.redis_port, 6390);
+    assert_true(h->quota.redis_addr.ss_family == AF_INET || h->quota.redis_addr.ss_family == AF_INET6);
+    tg_config_unref(h);
 
     /* No quota block: the local backend with the defaults. */
     c = load_ok("config/valid-auth.json");
