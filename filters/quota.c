@@ -705,6 +705,20 @@ static int request_limits(struct quota_ctx *ctx)
     int a = check_max_tokens(req, doc);
     if (a < 0)
         return -1;
+    /* The policy's cap binds a request that names no limit too: the model
+     * server gets it, so a non-streamed answer cannot run past it either. */
+    const struct tg_cfg_policy *pol = req->identity.policy;
+    if (pol && pol->max_tokens && req->openai.max_tokens < 0 &&
+        req->openai.api != TG_USAGE_EMBEDDINGS) {
+        const char *field =
+            req->openai.api == TG_USAGE_RESPONSES ? "max_output_tokens" : "max_tokens";
+        if (json_object_set_new(doc, field, json_integer((json_int_t)pol->max_tokens)) != 0) {
+            tg_req_reply_error(req, 503, "unavailable", "out of memory", "server.nomem");
+            return -1;
+        }
+        req->openai.max_tokens = (int64_t)pol->max_tokens;
+        a = 1;
+    }
     int b = inject_include_usage(req, doc);
     if (b < 0) {
         tg_req_reply_error(req, 503, "unavailable", "out of memory", "server.nomem");

@@ -299,6 +299,9 @@ def test_max_tokens_null_is_absent(start_tollgate, fresh_demo, keys):
     t = start_tollgate(quota_config(fresh_demo, keys, {"max_tokens": 6}))
     r = chat(t, keys.a, max_tokens=None)
     assert r.status_code == 200, r.text
+    # A request without a limit gets the policy's cap: the demo server
+    # (16 tokens by default) generated exactly 6.
+    assert r.json()["usage"]["completion_tokens"] == 6
     body = {"model": MODEL, "messages": [], "max_tokens": None}
     with httpx.Client(timeout=20) as c:
         r = c.post(t.url("/v1/chat/completions"), content=json.dumps(body),
