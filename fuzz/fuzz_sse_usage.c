@@ -206,15 +206,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     CHECK(live == 0); /* everything freed */
     CHECK(peak < MEM_BOUND);
 
-    /* the scanner reads what jansson reads */
-    CHECK(one.out.len == ref.out.len);
-    CHECK(!same_second || one.out.len == 0 || memcmp(one.out.p, ref.out.p, one.out.len) == 0);
-    CHECK(one.cut == ref.cut && one.r.have_usage == ref.r.have_usage &&
-          one.r.prompt_tokens == ref.r.prompt_tokens &&
-          one.r.completion_tokens == ref.r.completion_tokens &&
-          one.r.observed_output == ref.r.observed_output &&
-          one.r.content_events == ref.r.content_events && one.r.done == ref.r.done &&
-          one.r.lost == ref.r.lost);
+    /*
+     * The scanner reads what jansson reads -- except for a raw NUL byte
+     * between JSON tokens, which jansson 2.14's json_loadb skips like
+     * whitespace ({"a":1<NUL>} loads) and the scanner refuses (RFC 8259 has
+     * no such whitespace; the event is then "lost", i.e. charged as
+     * observed).  Inputs with a NUL byte are left out of the comparison.
+     */
+    if (!memchr(in, '\0', len)) {
+        CHECK(one.out.len == ref.out.len);
+        CHECK(!same_second || one.out.len == 0 ||
+              memcmp(one.out.p, ref.out.p, one.out.len) == 0);
+        CHECK(one.cut == ref.cut && one.r.have_usage == ref.r.have_usage &&
+              one.r.prompt_tokens == ref.r.prompt_tokens &&
+              one.r.completion_tokens == ref.r.completion_tokens &&
+              one.r.observed_output == ref.r.observed_output &&
+              one.r.content_events == ref.r.content_events && one.r.done == ref.r.done &&
+              one.r.lost == ref.r.lost);
+    }
 
     CHECK(one.out.len == some.out.len);
     CHECK(one.out.len == 0 || memcmp(one.out.p, some.out.p, one.out.len) == 0);
