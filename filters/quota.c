@@ -117,6 +117,10 @@ struct tg_quota_worker {
     uv_timer_t renew_timer;       /* due time of renew_head (see "lease renewal") */
     struct quota_ctx *renew_head; /* requests whose lease is renewed, by due time */
     struct quota_ctx *renew_tail; /* newest */
+    struct rl_seen {              /* last bucket state Redis told this worker, per principal */
+        char principal[64];       /* "" when free; longer names are not kept */
+        uint64_t tat_us[2];       /* rpm, tpm: when the bucket is full again (wall clock) */
+    } seen[64];                   /* direct-mapped by a hash of the principal */
 };
 
 static void on_redis_state(void *arg, bool up)
@@ -364,6 +368,72 @@ static void count_backend_error(struct tg_req *req)
         tg_counter_add(&req->worker->metrics->quota_backend_errors, 1);
 }
 
+static struct rl_seen *seen_slot(struct tg_quota_worker *qw, const char *principal)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const char *c = principal; *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ull;
+    return &qw->seen[h % (sizeof(qw->seen) / sizeof(qw->seen[0]))];
+}
+
+/*
+ * SPEC §5: every answer to an identified caller carries the x-ratelimit-*
+ * fields, also one refused before admission (403 model, 400 max_tokens,
+ * 413): nothing was charged, so they describe the buckets as they are.
+ * The local backend is read exactly; with Redis, the state the last
+ * decision for this principal on this worker reported is aged to now (a
+ * principal this worker has not seen lately reads as a full bucket).
+ */
+static void rl_before_reply(struct tg_req *req, void *arg)
+{
+    struct quota_ctx *ctx = arg;
+    const struct tg_cfg_policy *p = req->identity.policy;
+    if (ctx->rl_headers || !p || !req->identity.principal)
+        return;
+    static const int lim[2] = {TG_QL_RPM, TG_QL_TPM};
+    if (!p->lim[TG_QS_PRINCIPAL].v[TG_QL_RPM] && !p->lim[TG_QS_PRINCIPAL].v[TG_QL_TPM])
+        return;
+    uint64_t now = now_us();
+    uint64_t tat[2] = {0, 0};
+    if (req->cfg->quota.backend == TG_QUOTA_LOCAL) {
+        char key[TG_QUOTA_BASE_MAX + 4];
+        int n = tg_quota_base(key, sizeof(key), "", TG_QS_PRINCIPAL, req->identity.principal);
+        for (int i = 0; n > 0 && i < 2; i++) {
+            memcpy(key + n, i ? "tpm" : "rpm", 4);
+            int64_t v = 0;
+            if (tg_quota_local_peek(g_local, now, key, &v) == 1 && v > 0)
+                tat[i] = (uint64_t)v;
+        }
+    } else if (req->worker && req->worker->quota) {
+        struct rl_seen *s = seen_slot(req->worker->quota, req->identity.principal);
+        if (strcmp(s->principal, req->identity.principal) == 0)
+            memcpy(tat, s->tat_us, sizeof(tat));
+    }
+    ctx->adm.lim[TG_QS_PRINCIPAL] = p->lim[TG_QS_PRINCIPAL];
+    for (int i = 0; i < 2; i++) {
+        uint64_t l = p->lim[TG_QS_PRINCIPAL].v[lim[i]];
+        uint64_t ahead = tat[i] > now ? tat[i] - now : 0;
+        if (ahead > TG_QUOTA_WINDOW_US)
+            ahead = TG_QUOTA_WINDOW_US; /* in debt: nothing left */
+        ctx->dec.remaining[i] =
+            l ? (int64_t)((unsigned __int128)(TG_QUOTA_WINDOW_US - ahead) * l / TG_QUOTA_WINDOW_US)
+              : -1;
+        ctx->dec.reset_ms[i] = (tat[i] > now ? tat[i] - now : 0) / 1000 +
+                               ((tat[i] > now ? tat[i] - now : 0) % 1000 != 0);
+    }
+    rl_format(ctx);
+    for (unsigned i = 0; i < RL_FIELDS; i++)
+        if (ctx->rl_mask & (1u << i))
+            reply_extra(req, rl_names[i], tg_iov_make(ctx->rl[i].s, ctx->rl[i].len));
+}
+
+static bool attach(struct tg_filter *f, struct tg_req *req)
+{
+    req->before_reply = rl_before_reply;
+    req->before_reply_arg = f->ctx;
+    return true;
+}
+
 /* ---- lease renewal ---- */
 
 /*
@@ -477,10 +547,27 @@ static void renew_stop(struct quota_ctx *ctx)
 
 /* ---- admission ---- */
 
+/* A Redis decision tells how full the caller's buckets are: keep it for
+ * answers refused before admission (rl_before_reply). */
+static void remember(struct quota_ctx *ctx)
+{
+    struct tg_quota_worker *qw = ctx->req->worker ? ctx->req->worker->quota : NULL;
+    size_t n = strlen(ctx->req->identity.principal);
+    if (!qw || n >= sizeof(qw->seen[0].principal))
+        return;
+    struct rl_seen *s = seen_slot(qw, ctx->req->identity.principal);
+    memcpy(s->principal, ctx->req->identity.principal, n + 1);
+    uint64_t now = now_us();
+    for (int i = 0; i < 2; i++)
+        s->tat_us[i] = now + ctx->dec.reset_ms[i] * 1000;
+}
+
 /* The decision is in ctx->dec: go on, or answer 429. */
 static void decided(struct quota_ctx *ctx, bool sync)
 {
     struct tg_req *req = ctx->req;
+    if (ctx->store == ST_REDIS)
+        remember(ctx);
     req->usage.quota_ms = (double)(uv_hrtime() - ctx->t0) / 1e6;
     ctx->rl_headers = true;
     rl_format(ctx);
@@ -1097,6 +1184,7 @@ static void on_destroy(struct tg_filter *f, struct tg_req *req)
 const struct tg_filter_ops tg_filter_quota = {
     .name = "quota",
     .ctx_size = sizeof(struct quota_ctx),
+    .attach = attach,
     .on_request_headers = on_request_headers,
     .on_response_headers = on_response_headers,
     .on_response_data = on_response_data,

@@ -165,6 +165,11 @@ struct tg_req {
      * with tg_req_response_emit(). */
     int (*resp_xform)(struct tg_req *req, const char *p, size_t n, bool end);
     void *resp_xform_arg;                  /* its state */
+    /* Called once by tg_req_reply_error before a local reply's head is built
+     * (the quota filter adds x-ratelimit-* for callers refused before
+     * admission), or NULL. */
+    void (*before_reply)(struct tg_req *req, void *arg);
+    void *before_reply_arg;                /* its argument */
     struct tg_req_outcome outcome;         /* for the audit record */
     bool replied;                          /* answered locally (tg_req_reply_*) */
     bool completed;                        /* on_complete has run */

@@ -420,6 +420,11 @@ void tg_req_reply_error(struct tg_req *req, int status, const char *code, const 
     snprintf(len, sizeof(len), "%d", n);
     req->status = status;
     req->resp_headers.n = 0;
+    if (req->before_reply) {
+        void (*fn)(struct tg_req *, void *) = req->before_reply;
+        req->before_reply = NULL;
+        fn(req, req->before_reply_arg);
+    }
     tg_req_resp_header_add(req, "content-type", "application/json");
     tg_req_resp_header_add(req, "content-length", len);
     if (status == 401)

@@ -680,3 +680,33 @@ def test_client_gone_before_the_answer_pays_the_prompt(start_tollgate, fresh_dem
     assert recs[0]["usage"] == {"prompt_tokens": (len(body) + 3) // 4, "completion_tokens": 0,
                                 "source": "observed"}
     assert recs[1]["usage"]["source"] == "none" and recs[1]["cost"] is None
+
+
+@pytest.mark.parametrize("backend", ["local", "redis"])
+def test_ratelimit_headers_on_answers_refused_before_admission(start_tollgate, fresh_demo, keys,
+                                                               shared_redis, backend):
+    quota = redis_quota(shared_redis) if backend == "redis" else None
+    t = start_tollgate(quota_config(fresh_demo, keys, {"requests_per_minute": 3,
+                                                       "max_tokens": 10}, quota=quota))
+    if backend == "redis":
+        redis_up(t)
+    assert get(t, keys.a).status_code == 200
+    # Refused by authorization (model) and by the request limits: nothing is
+    # charged, and the answer still says how much is left.
+    h = {"authorization": f"Bearer {keys.a}"}
+    with httpx.Client(timeout=20) as c:
+        r1 = c.post(t.url("/v1/chat/completions"), headers=h,
+                    content=json.dumps({"model": "other-model", "messages": []}))
+    r2 = chat(t, keys.a, max_tokens=11)
+    for r, status in ((r1, 403), (r2, 400)):
+        assert r.status_code == status, r.text
+        assert r.headers["x-ratelimit-limit-requests"] == "3"
+        assert r.headers["x-ratelimit-remaining-requests"] == "2", r.headers
+        assert re.fullmatch(r"1\d(\.\d+)?s|20s", r.headers["x-ratelimit-reset-requests"])
+        assert "x-ratelimit-limit-tokens" not in r.headers
+    # Not an identified caller: no headers.
+    with httpx.Client(timeout=20) as c:
+        r3 = c.get(t.url("/echo/x"))
+    assert r3.status_code == 401 and "x-ratelimit-limit-requests" not in r3.headers
+    # Both refusals were free: two more requests pass, the third is refused.
+    assert [get(t, keys.a).status_code for _ in range(3)] == [200, 200, 429]
