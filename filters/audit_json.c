@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdio.h>
 
+#include "proxy/buf.h"
 #include "proxy/mem.h"
 
 bool tg_jw_grow(struct tg_jw *j, size_t n)
@@ -131,21 +132,11 @@ void tg_jw_cstr(struct tg_jw *j, const char *s)
         TG_JW_LIT(j, "null");
 }
 
-/* Decimal digits of v into the end of buf; returns the first digit. */
-static char *u64_digits(uint64_t v, char *end)
-{
-    do {
-        *--end = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    return end;
-}
-
 void tg_jw_int(struct tg_jw *j, int64_t v)
 {
     char buf[24], *end = buf + sizeof(buf);
     uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    char *p = u64_digits(u, end);
+    char *p = tg_u64_dec_back(end, u);
     if (v < 0)
         *--p = '-';
     tg_jw_raw(j, p, (size_t)(end - p));
@@ -218,6 +209,6 @@ void tg_jw_micro(struct tg_jw *j, uint64_t n)
         }
     }
     *--p = '.';
-    p = u64_digits(ip, p);
+    p = tg_u64_dec_back(p, ip);
     tg_jw_raw(j, p, (size_t)(buf + sizeof(buf) - p));
 }

@@ -44,20 +44,20 @@
 #include "proxy/req.h"
 #include "proxy/worker.h"
 
-#define LEASE_TTL_MS 60000u      /* a concurrency lease lives this long unless renewed */
-#define LEASE_RENEW_MS 20000u    /* ... and is renewed this often while its request runs */
-#define SETTLE_ATTEMPTS 4        /* a settlement is sent at most this many times */
-#define SETTLE_RETRY_MS 250u     /* first retry delay, doubled each time */
+#define LEASE_TTL_MS 60000u   /* a concurrency lease lives this long unless renewed */
+#define LEASE_RENEW_MS 20000u /* ... and is renewed this often while its request runs */
+#define SETTLE_ATTEMPTS 4     /* a settlement is sent at most this many times */
+#define SETTLE_RETRY_MS 250u  /* first retry delay, doubled each time */
 
 enum script_id { S_ADMIT, S_SETTLE, S_RENEW, S_COUNT };
 
 /* Which store admitted a request (and so settles it). */
 enum store {
-    ST_NONE = 0,     /* no admission (no limits) */
-    ST_LOCAL,        /* backend "local" */
-    ST_REDIS,        /* backend "redis" */
-    ST_DEGRADED,     /* on_backend_error "local" */
-    ST_ALLOWED,      /* on_backend_error "allow": admitted, nothing charged */
+    ST_NONE = 0, /* no admission (no limits) */
+    ST_LOCAL,    /* backend "local" */
+    ST_REDIS,    /* backend "redis" */
+    ST_DEGRADED, /* on_backend_error "local" */
+    ST_ALLOWED,  /* on_backend_error "allow": admitted, nothing charged */
 };
 
 /* ---- process-wide state ---- */
@@ -226,55 +226,47 @@ void tg_quota_worker_update(struct tg_worker *w)
 #define RL_VALUE_MAX 24 /* 20 digits, or "<11 digits>m59.999s", plus NUL */
 
 struct quota_ctx {
-    struct tg_req *req;              /* owner */
-    struct tg_filter *f;             /* this filter */
-    enum store store;                /* who admitted (and settles) */
-    struct tg_quota_admit adm;       /* what was asked (strings in the arena) */
-    struct tg_quota_decision dec;    /* what was answered */
-    struct tg_redis_call *call;      /* pending admission call */
-    uint64_t t0;                     /* admission start (uv_hrtime) */
-    struct tg_usage *usage;          /* response reader, or NULL */
-    const struct tg_cfg_price *price;/* price of the request's model, or NULL */
-    uint64_t output_cap;             /* effective max_tokens for a stream cut; 0 none */
-    struct quota_ctx *renew_prev;    /* tg_quota_worker's renewal list, while linked */
+    struct tg_req *req;               /* owner */
+    struct tg_filter *f;              /* this filter */
+    enum store store;                 /* who admitted (and settles) */
+    struct tg_quota_admit adm;        /* what was asked (strings in the arena) */
+    struct tg_quota_decision dec;     /* what was answered */
+    struct tg_redis_call *call;       /* pending admission call */
+    uint64_t t0;                      /* admission start (uv_hrtime) */
+    struct tg_usage *usage;           /* response reader, or NULL */
+    const struct tg_cfg_price *price; /* price of the request's model, or NULL */
+    uint64_t output_cap;              /* effective max_tokens for a stream cut; 0 none */
+    struct quota_ctx *renew_prev;     /* tg_quota_worker's renewal list, while linked */
     struct quota_ctx *renew_next;
-    uint64_t renew_due;              /* loop time (ms) of the next renewal */
-    bool renew_linked;               /* holds a lease that is being renewed */
-    bool rl_headers;                 /* x-ratelimit-* apply to the answer */
-    unsigned rl_mask;                /* bit i: ctx->rl[i] is sent */
+    uint64_t renew_due; /* loop time (ms) of the next renewal */
+    bool renew_linked;  /* holds a lease that is being renewed */
+    bool rl_headers;    /* x-ratelimit-* apply to the answer */
+    unsigned rl_mask;   /* bit i: ctx->rl[i] is sent */
     struct rl_value {
-        char s[RL_VALUE_MAX];        /* NUL-terminated */
+        char s[RL_VALUE_MAX]; /* NUL-terminated */
         unsigned char len;
-    } rl[RL_FIELDS];                 /* x-ratelimit-* values, in rl_names order */
+    } rl[RL_FIELDS]; /* x-ratelimit-* values, in rl_names order */
 };
 
 /* Reasons (audit) and metric slots of each refusal, scope * TG_QL_COUNT + limit. */
 static const char *const deny_reason[TG_QS_COUNT * TG_QL_COUNT] = {
-    "quota.requests_per_minute", "quota.tokens_per_minute", "quota.tokens_per_day",
-    "quota.cost_per_day", "quota.cost_per_month", "quota.concurrency",
-    "quota.tenant.requests_per_minute", "quota.tenant.tokens_per_minute",
-    "quota.tenant.tokens_per_day", "quota.tenant.cost_per_day", "quota.tenant.cost_per_month",
+    "quota.requests_per_minute",
+    "quota.tokens_per_minute",
+    "quota.tokens_per_day",
+    "quota.cost_per_day",
+    "quota.cost_per_month",
+    "quota.concurrency",
+    "quota.tenant.requests_per_minute",
+    "quota.tenant.tokens_per_minute",
+    "quota.tenant.tokens_per_day",
+    "quota.tenant.cost_per_day",
+    "quota.tenant.cost_per_month",
     "quota.tenant.concurrency",
 };
 
 const char *tg_quota_limit_label(unsigned i)
 {
     return i < TG_QS_COUNT * TG_QL_COUNT ? deny_reason[i] + 6 : "backend_unavailable";
-}
-
-/* Write v in decimal at p (no NUL); returns the end.  No snprintf: this runs
- * six times per limited request. */
-static char *put_u64(char *p, uint64_t v)
-{
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    while (n)
-        *p++ = tmp[--n];
-    return p;
 }
 
 /* OpenAI's duration style for x-ratelimit-reset-*: "120ms", "1s", "1.5s", "6m0s".
@@ -285,16 +277,16 @@ static size_t fmt_reset(char *out, uint64_t ms)
     if (ms > UINT64_C(1) << 50)
         ms = UINT64_C(1) << 50; /* keeps every field short */
     if (ms < 1000) {
-        p = put_u64(p, ms);
+        p = tg_u64_dec(p, ms);
         *p++ = 'm';
     } else {
         uint64_t m = ms / 60000, rest = ms % 60000;
         unsigned frac = (unsigned)(rest % 1000);
         if (m) {
-            p = put_u64(p, m);
+            p = tg_u64_dec(p, m);
             *p++ = 'm';
         }
-        p = put_u64(p, rest / 1000);
+        p = tg_u64_dec(p, rest / 1000);
         if (frac) {
             /* Three decimals without their trailing zeros. */
             *p++ = '.';
@@ -313,8 +305,8 @@ static size_t fmt_reset(char *out, uint64_t ms)
 
 /* The x-ratelimit-* field names, in the order they are sent. */
 static const struct tg_iov rl_names[RL_FIELDS] = {
-    TG_IOV_LIT("x-ratelimit-limit-requests"), TG_IOV_LIT("x-ratelimit-remaining-requests"),
-    TG_IOV_LIT("x-ratelimit-reset-requests"), TG_IOV_LIT("x-ratelimit-limit-tokens"),
+    TG_IOV_LIT("x-ratelimit-limit-requests"),   TG_IOV_LIT("x-ratelimit-remaining-requests"),
+    TG_IOV_LIT("x-ratelimit-reset-requests"),   TG_IOV_LIT("x-ratelimit-limit-tokens"),
     TG_IOV_LIT("x-ratelimit-remaining-tokens"), TG_IOV_LIT("x-ratelimit-reset-tokens"),
 };
 
@@ -333,9 +325,9 @@ static void rl_format(struct quota_ctx *ctx)
             continue;
         struct rl_value *v = &ctx->rl[3 * i];
         int64_t rem = ctx->dec.remaining[i];
-        v[0].len = (unsigned char)(put_u64(v[0].s, l) - v[0].s);
+        v[0].len = (unsigned char)(tg_u64_dec(v[0].s, l) - v[0].s);
         v[0].s[v[0].len] = '\0';
-        v[1].len = (unsigned char)(put_u64(v[1].s, rem < 0 ? 0 : (uint64_t)rem) - v[1].s);
+        v[1].len = (unsigned char)(tg_u64_dec(v[1].s, rem < 0 ? 0 : (uint64_t)rem) - v[1].s);
         v[1].s[v[1].len] = '\0';
         v[2].len = (unsigned char)fmt_reset(v[2].s, ctx->dec.reset_ms[i]);
         ctx->rl_mask |= 7u << (3 * i);
@@ -354,6 +346,15 @@ static void reply_extra(struct tg_req *req, struct tg_iov name, struct tg_iov va
     if (req->nreply_extra >= sizeof(req->reply_extra) / sizeof(req->reply_extra[0]))
         return;
     req->reply_extra[req->nreply_extra++] = (struct tg_header){name, value};
+}
+
+/* Format ctx->dec's x-ratelimit-* values into the local-reply extras. */
+static void rl_to_extras(struct quota_ctx *ctx, struct tg_req *req)
+{
+    rl_format(ctx);
+    for (unsigned i = 0; i < RL_FIELDS; i++)
+        if (ctx->rl_mask & (1u << i))
+            reply_extra(req, rl_names[i], tg_iov_make(ctx->rl[i].s, ctx->rl[i].len));
 }
 
 static void count_denial(struct tg_req *req, unsigned slot)
@@ -413,18 +414,10 @@ static void rl_before_reply(struct tg_req *req, void *arg)
     for (int i = 0; i < 2; i++) {
         uint64_t l = p->lim[TG_QS_PRINCIPAL].v[lim[i]];
         uint64_t ahead = tat[i] > now ? tat[i] - now : 0;
-        if (ahead > TG_QUOTA_WINDOW_US)
-            ahead = TG_QUOTA_WINDOW_US; /* in debt: nothing left */
-        ctx->dec.remaining[i] =
-            l ? (int64_t)((unsigned __int128)(TG_QUOTA_WINDOW_US - ahead) * l / TG_QUOTA_WINDOW_US)
-              : -1;
-        ctx->dec.reset_ms[i] = (tat[i] > now ? tat[i] - now : 0) / 1000 +
-                               ((tat[i] > now ? tat[i] - now : 0) % 1000 != 0);
+        ctx->dec.remaining[i] = l ? tg_quota_gcra_remaining(ahead, l) : -1;
+        ctx->dec.reset_ms[i] = (ahead + 999) / 1000;
     }
-    rl_format(ctx);
-    for (unsigned i = 0; i < RL_FIELDS; i++)
-        if (ctx->rl_mask & (1u << i))
-            reply_extra(req, rl_names[i], tg_iov_make(ctx->rl[i].s, ctx->rl[i].len));
+    rl_to_extras(ctx, req);
 }
 
 static bool attach(struct tg_filter *f, struct tg_req *req)
@@ -463,8 +456,8 @@ static void renew_one(struct tg_quota_worker *qw, struct quota_ctx *ctx)
                              LEASE_TTL_MS);
         break;
     case ST_DEGRADED:
-        tg_quota_local_renew(g_degraded, now, ctx->adm.principal, ctx->adm.tenant,
-                             ctx->adm.lease, LEASE_TTL_MS);
+        tg_quota_local_renew(g_degraded, now, ctx->adm.principal, ctx->adm.tenant, ctx->adm.lease,
+                             LEASE_TTL_MS);
         break;
     case ST_REDIS: {
         struct tg_quota_argv a;
@@ -473,8 +466,7 @@ static void renew_one(struct tg_quota_worker *qw, struct quota_ctx *ctx)
                                        LEASE_TTL_MS, ctx->req->cfg->quota.key_prefix, &a) != 0)
             break;
         /* Fire and forget: a lost renewal only shortens the lease. */
-        tg_redis_eval(qw->redis, S_RENEW, a.argc, a.argv, a.argvlen, on_renew_reply, NULL,
-                      NULL);
+        tg_redis_eval(qw->redis, S_RENEW, a.argc, a.argv, a.argvlen, on_renew_reply, NULL, NULL);
         tg_quota_argv_dispose(&a);
         break;
     }
@@ -570,10 +562,7 @@ static void decided(struct quota_ctx *ctx, bool sync)
         remember(ctx);
     req->usage.quota_ms = (double)(uv_hrtime() - ctx->t0) / 1e6;
     ctx->rl_headers = true;
-    rl_format(ctx);
-    for (unsigned i = 0; i < RL_FIELDS; i++)
-        if (ctx->rl_mask & (1u << i))
-            reply_extra(req, rl_names[i], tg_iov_make(ctx->rl[i].s, ctx->rl[i].len));
+    rl_to_extras(ctx, req);
     if (ctx->dec.allowed) {
         renew_start(ctx);
         if (!sync)
@@ -744,8 +733,7 @@ static int check_max_tokens(struct tg_req *req, json_t *doc)
             if (!p->max_tokens_clamp) {
                 char msg[128];
                 snprintf(msg, sizeof(msg), "%s %llu is above this caller's limit of %llu",
-                         max_fields[i], (unsigned long long)n,
-                         (unsigned long long)p->max_tokens);
+                         max_fields[i], (unsigned long long)n, (unsigned long long)p->max_tokens);
                 tg_req_reply_error(req, 400, "invalid_request", msg, "limits.max_tokens");
                 return -1;
             }
@@ -823,8 +811,8 @@ static int request_limits(struct quota_ctx *ctx)
     const struct tg_cfg_policy *p = req->identity.policy;
     if (req->stream == 1)
         ctx->output_cap = req->openai.max_tokens >= 0 ? (uint64_t)req->openai.max_tokens
-                          : p && p->max_tokens      ? p->max_tokens
-                                                    : 0;
+                          : p && p->max_tokens        ? p->max_tokens
+                                                      : 0;
     return 0;
 }
 
@@ -986,14 +974,14 @@ static void on_response_data(struct tg_filter *f, struct tg_req *req, struct tg_
 /* ---- settlement ---- */
 
 struct settle_op {
-    struct settle_op *next, *prev;   /* tg_quota_worker.settles */
-    struct tg_quota_worker *qw;      /* owner */
-    struct tg_quota_settle s;        /* strings point into data[] */
-    struct tg_redis_call *call;      /* in flight, or NULL */
-    uv_timer_t timer;                /* retry delay, initialised at the first retry */
-    bool timer_live;                 /* timer initialised: free through uv_close */
-    unsigned attempts;               /* sends so far */
-    char data[];                     /* principal, tenant, lease */
+    struct settle_op *next, *prev; /* tg_quota_worker.settles */
+    struct tg_quota_worker *qw;    /* owner */
+    struct tg_quota_settle s;      /* strings point into data[] */
+    struct tg_redis_call *call;    /* in flight, or NULL */
+    uv_timer_t timer;              /* retry delay, initialised at the first retry */
+    bool timer_live;               /* timer initialised: free through uv_close */
+    unsigned attempts;             /* sends so far */
+    char data[];                   /* principal, tenant, lease */
 };
 
 static void settle_send(struct settle_op *op);
@@ -1029,8 +1017,9 @@ static void on_settle_retry(uv_timer_t *t)
 static void settle_failed(struct settle_op *op, int status)
 {
     if (op->qw->closing || op->attempts >= SETTLE_ATTEMPTS) {
-        tg_log_warn("quota", "settlement of %s abandoned after %u attempt(s): %s; its "
-                             "reservation stays charged",
+        tg_log_warn("quota",
+                    "settlement of %s abandoned after %u attempt(s): %s; its "
+                    "reservation stays charged",
                     op->s.lease, op->attempts, tg_redis_strerror(status));
         settle_done(op);
         return;
@@ -1131,8 +1120,7 @@ static void final_usage(struct quota_ctx *ctx)
     }
     u->cost = tg_config_cost(ctx->price, u->prompt_tokens, u->completion_tokens);
     if (req->worker && req->worker->metrics)
-        tg_metrics_tokens(req->worker->metrics, req->model, u->prompt_tokens,
-                          u->completion_tokens);
+        tg_metrics_tokens(req->worker->metrics, req->model, u->prompt_tokens, u->completion_tokens);
 }
 
 static void on_complete(struct tg_filter *f, struct tg_req *req)
@@ -1161,10 +1149,9 @@ static void on_complete(struct tg_filter *f, struct tg_req *req)
         .month = ctx->dec.month,
     };
     memcpy(s.lim, ctx->adm.lim, sizeof(s.lim));
-    ctx->store == ST_REDIS ? settle_redis(req, &s)
-                           : (void)tg_quota_local_settle(ctx->store == ST_LOCAL ? g_local
-                                                                                : g_degraded,
-                                                         now_us(), &s);
+    ctx->store == ST_REDIS
+        ? settle_redis(req, &s)
+        : (void)tg_quota_local_settle(ctx->store == ST_LOCAL ? g_local : g_degraded, now_us(), &s);
     ctx->store = ST_NONE;
 }
 
@@ -1242,5 +1229,6 @@ const char *tg_quota_backend_state(const struct tg_config *cfg)
 bool tg_quota_ready(const struct tg_config *cfg)
 {
     return cfg->quota.on_backend_error != TG_QUOTA_FAIL_DENY ||
-           strcmp(tg_quota_backend_state(cfg), "redis") == 0 || cfg->quota.backend != TG_QUOTA_REDIS;
+           strcmp(tg_quota_backend_state(cfg), "redis") == 0 ||
+           cfg->quota.backend != TG_QUOTA_REDIS;
 }

@@ -146,3 +146,10 @@ int64_t tg_quota_month_first_day(int64_t month)
     int64_t y = fdiv(month, 12);
     return tg_quota_days_from_civil(y, (unsigned)(month - y * 12 + 1), 1);
 }
+
+int64_t tg_quota_gcra_remaining(uint64_t ahead_us, uint64_t L)
+{
+    if (ahead_us >= TG_QUOTA_WINDOW_US)
+        return 0;
+    return (int64_t)((unsigned __int128)L * (TG_QUOTA_WINDOW_US - ahead_us) / TG_QUOTA_WINDOW_US);
+}

@@ -87,6 +87,9 @@ int tg_quota_base(char *out, size_t outlen, const char *prefix, enum tg_quota_sc
 int tg_quota_admit_check(const struct tg_quota_admit *a);
 /* The same for a settlement (day and month too must be <= TG_QUOTA_VALUE_MAX). */
 int tg_quota_settle_check(const struct tg_quota_settle *s);
+/* What is left of an L-per-minute burst whose TAT is ahead_us past now. */
+int64_t tg_quota_gcra_remaining(uint64_t ahead_us, uint64_t L);
+
 /* True when the request names a tenant scope (tenant non-NULL and non-empty). */
 static inline int tg_quota_has_tenant(const char *tenant)
 {

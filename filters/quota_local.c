@@ -27,6 +27,7 @@
 #include "filters/quota_local.h"
 
 #include "filters/quota_common.h"
+#include "proxy/buf.h"
 #include "proxy/err.h"
 #include "proxy/mem.h"
 
@@ -135,14 +136,6 @@ static uint64_t units(uint64_t a, uint64_t L, bool round_up)
 static uint64_t ceil_ms(uint64_t us)
 {
     return (us + 999) / 1000;
-}
-
-/* What is left of an L-per-minute burst when the TAT is d us ahead of now. */
-static int64_t remaining(uint64_t d, uint64_t L)
-{
-    if (d >= TG_QUOTA_WINDOW_US)
-        return 0;
-    return (int64_t)((unsigned __int128)L * (TG_QUOTA_WINDOW_US - d) / TG_QUOTA_WINDOW_US);
 }
 
 /* ---- the tables ---- */
@@ -554,20 +547,6 @@ void tg_quota_local_free(struct tg_quota_local *q)
 
 /* ---- keys ---- */
 
-/* Decimal digits of v at p; returns the length. */
-static size_t put_u64(char *p, uint64_t v)
-{
-    char tmp[24];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        p[i] = tmp[n - 1 - i];
-    return n;
-}
-
 /* ---- admission ---- */
 
 /* One pending write of an admission or settlement, with its key. */
@@ -599,7 +578,7 @@ static void step_key(struct tg_quota_local *q, struct step *st, const struct bas
     n += sl;
     if (num >= 0) {
         st->key[n++] = ':';
-        n += put_u64(st->key + n, (uint64_t)num);
+        n = (size_t)(tg_u64_dec(st->key + n, (uint64_t)num) - st->key);
     }
     st->key[n] = '\0';
     st->keylen = n;
@@ -841,7 +820,7 @@ int tg_quota_local_admit(struct tg_quota_local *q, uint64_t now_us,
             tat0[l] = tat_of(tmp.e, now_us);
         }
         uint64_t tat = denied < 0 && tatn[l] ? tatn[l] : tat0[l];
-        out->remaining[l] = denied == l ? 0 : remaining(tat - now_us, L);
+        out->remaining[l] = denied == l ? 0 : tg_quota_gcra_remaining(tat - now_us, L);
         out->reset_ms[l] = ceil_ms(tat - now_us);
     }
     out->allowed = denied < 0;

@@ -9,6 +9,7 @@
 #include "filters/quota_script.h"
 
 #include "filters/quota_common.h"
+#include "proxy/buf.h"
 #include "proxy/err.h"
 
 #include <stdbool.h>
@@ -63,11 +64,7 @@ static void put_str(struct builder *b, const char *s)
 static void put_u64(struct builder *b, uint64_t v)
 {
     char tmp[NUM_MAX];
-    char *e = tmp + sizeof(tmp), *q = e;
-    do {
-        *--q = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
+    char *e = tmp + sizeof(tmp), *q = tg_u64_dec_back(e, v);
     put(b, q, (size_t)(e - q));
 }
 
@@ -78,12 +75,7 @@ static void put_i64(struct builder *b, int64_t v)
         return;
     }
     char tmp[NUM_MAX];
-    uint64_t u = -(uint64_t)v;
-    char *e = tmp + sizeof(tmp), *q = e;
-    do {
-        *--q = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
+    char *e = tmp + sizeof(tmp), *q = tg_u64_dec_back(e, -(uint64_t)v);
     *--q = '-';
     put(b, q, (size_t)(e - q));
 }

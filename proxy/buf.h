@@ -6,6 +6,7 @@
 
 #include "proxy/buf-t.h"
 
+#include <stdint.h>
 #include <string.h>
 
 static inline struct tg_iov tg_iov_make(const char *p, size_t n)
@@ -17,6 +18,30 @@ static inline struct tg_iov tg_iov_make(const char *p, size_t n)
 static inline bool tg_iov_eq(struct tg_iov a, struct tg_iov b)
 {
     return a.len == b.len && (a.len == 0 || memcmp(a.base, b.base, a.len) == 0);
+}
+
+/* Longest decimal form of a uint64_t. */
+#define TG_U64_DEC_MAX 20
+
+/* Decimal digits of v written backwards so that they end just before end;
+ * returns the first digit.  No snprintf: this runs per request. */
+static inline char *tg_u64_dec_back(char *end, uint64_t v)
+{
+    do {
+        *--end = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    return end;
+}
+
+/* Decimal digits of v at p (at most TG_U64_DEC_MAX bytes, no NUL); returns the end. */
+static inline char *tg_u64_dec(char *p, uint64_t v)
+{
+    char tmp[TG_U64_DEC_MAX];
+    char *s = tg_u64_dec_back(tmp + sizeof(tmp), v);
+    size_t n = (size_t)(tmp + sizeof(tmp) - s);
+    memcpy(p, s, n);
+    return p + n;
 }
 
 /* ASCII case-insensitive equality of a range and a NUL-terminated literal. */

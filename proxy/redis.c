@@ -50,6 +50,7 @@
 #include <openssl/evp.h>
 #include <string.h>
 
+#include "proxy/buf.h"
 #include "proxy/err.h"
 #include "proxy/log.h"
 #include "proxy/mem.h"
@@ -144,26 +145,15 @@ static size_t dec_len(uint64_t v)
     return n;
 }
 
-/* Write v in decimal at p (dec_len(v) bytes, no NUL); returns the end. */
-static char *put_dec(char *p, uint64_t v)
-{
-    char *e = p + dec_len(v), *q = e;
-    do {
-        *--q = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    return e;
-}
-
 /* "*<argc>\r\n$<len(a0)>\r\n<a0>\r\n$<len(a1)>\r\n<a1>\r\n" into p; returns the end. */
 static char *put_head(char *p, int argc, const char *a0, size_t l0, const char *a1, size_t l1)
 {
     *p++ = '*';
-    p = put_dec(p, (uint64_t)argc);
+    p = tg_u64_dec(p, (uint64_t)argc);
     *p++ = '\r';
     *p++ = '\n';
     *p++ = '$';
-    p = put_dec(p, l0);
+    p = tg_u64_dec(p, l0);
     *p++ = '\r';
     *p++ = '\n';
     memcpy(p, a0, l0);
@@ -171,7 +161,7 @@ static char *put_head(char *p, int argc, const char *a0, size_t l0, const char *
     *p++ = '\r';
     *p++ = '\n';
     *p++ = '$';
-    p = put_dec(p, l1);
+    p = tg_u64_dec(p, l1);
     *p++ = '\r';
     *p++ = '\n';
     memcpy(p, a1, l1);
@@ -703,7 +693,7 @@ int tg_redis_eval(struct tg_redis *r, unsigned script, int argc, const char **ar
     char *p = c->cmd + HDR_MAX;
     for (int i = 0; i < argc; i++) {
         *p++ = '$';
-        p = put_dec(p, argvlen[i]);
+        p = tg_u64_dec(p, argvlen[i]);
         *p++ = '\r';
         *p++ = '\n';
         if (argvlen[i])
